@@ -1,0 +1,5 @@
+"""``python -m membership`` is ``membershipd``."""
+
+from .cli import main
+
+main()

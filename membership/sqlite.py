@@ -1,0 +1,529 @@
+"""The SQLite store: one file, WAL, schema version in ``PRAGMA user_version``.
+
+A membership database is recognised by ``PRAGMA application_id`` (``0x554E4942``,
+"UNIB") and a known ``user_version``; anything else (random bytes, another
+application's database, a newer schema) is refused with a :class:`SchemaError`
+before a single byte is written. Opening never changes the file: the journal mode
+is set once, by ``init``, and persists in the file.
+
+The tables admit exactly the domains of DESIGN.md (ids of 1..128 UTF-8 bytes,
+32-byte public keys, 1..4096-byte sealed keys, epochs >= 1) but no foreign keys:
+legacy files may hold orphans, and the migration must carry them faithfully.
+Every write runs in a ``BEGIN IMMEDIATE`` transaction, so its checks and its
+writes see one state.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+from . import rules
+from .errors import DataError, InvalidInputError, MembershipError, SchemaError, StoreError
+from .model import (
+    SCHEMA_VERSION,
+    Member,
+    Revocation,
+    Room,
+    SealedKeyRecord,
+    Snapshot,
+    User,
+    now_ms,
+    validate_epoch,
+    validate_id,
+    validate_public_key,
+    validate_sealed_key,
+)
+
+__all__ = ["APPLICATION_ID", "SCHEMA_SQL", "SQLiteStore"]
+
+APPLICATION_ID: Final = 0x554E4942  # "UNIB"
+BUSY_TIMEOUT_S: Final = 5.0
+
+_ID = "CHECK (typeof({0}) = 'text' AND length(CAST({0} AS BLOB)) BETWEEN 1 AND 128)"
+_EPOCH = "CHECK (typeof({0}) = 'integer' AND {0} >= 1)"
+
+SCHEMA_SQL: Final = f"""
+CREATE TABLE users (
+    id          TEXT    NOT NULL PRIMARY KEY {_ID.format("id")},
+    public_key  BLOB    NOT NULL CHECK (typeof(public_key) = 'blob' AND length(public_key) = 32),
+    status      TEXT    NOT NULL CHECK (status IN ('active', 'revoked')),
+    created_at  INTEGER NOT NULL CHECK (typeof(created_at) = 'integer' AND created_at >= 0)
+) WITHOUT ROWID;
+CREATE TABLE rooms (
+    id          TEXT    NOT NULL PRIMARY KEY {_ID.format("id")},
+    epoch       INTEGER NOT NULL {_EPOCH.format("epoch")},
+    created_at  INTEGER NOT NULL CHECK (typeof(created_at) = 'integer' AND created_at >= 0)
+) WITHOUT ROWID;
+CREATE TABLE members (
+    room_id      TEXT    NOT NULL {_ID.format("room_id")},
+    user_id      TEXT    NOT NULL {_ID.format("user_id")},
+    role         TEXT    NOT NULL CHECK (role IN ('owner', 'member')),
+    joined_epoch INTEGER NOT NULL {_EPOCH.format("joined_epoch")},
+    PRIMARY KEY (room_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX members_by_user ON members (user_id);
+CREATE TABLE sealed_keys (
+    room_id     TEXT    NOT NULL {_ID.format("room_id")},
+    epoch       INTEGER NOT NULL {_EPOCH.format("epoch")},
+    user_id     TEXT    NOT NULL {_ID.format("user_id")},
+    sealed_key  BLOB    NOT NULL
+        CHECK (typeof(sealed_key) = 'blob' AND length(sealed_key) BETWEEN 1 AND 4096),
+    PRIMARY KEY (room_id, epoch, user_id)
+) WITHOUT ROWID;
+"""
+
+TABLES: Final = ("users", "rooms", "members", "sealed_keys")
+
+_SELECT: Final = {
+    "users": "SELECT id, public_key, status, created_at FROM users ORDER BY id",
+    "rooms": "SELECT id, epoch, created_at FROM rooms ORDER BY id",
+    "members": "SELECT room_id, user_id, role, joined_epoch FROM members ORDER BY room_id, user_id",
+    "sealed_keys": "SELECT room_id, epoch, user_id, sealed_key FROM sealed_keys "
+    "ORDER BY room_id, epoch, user_id",
+}
+_RECORD: Final[dict[str, Callable[..., Any]]] = {
+    "users": User,
+    "rooms": Room,
+    "members": Member,
+    "sealed_keys": SealedKeyRecord,
+}
+
+
+def _uri(path: Path, mode: str) -> str:
+    return f"file:{quote(str(path))}?mode={mode}"
+
+
+@contextmanager
+def translate_errors(path: Path | str) -> Iterator[None]:
+    """Turn ``sqlite3`` exceptions into membership errors that name the file."""
+    try:
+        yield
+    except MembershipError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "file is not a database" in text or "malformed" in text:
+            raise SchemaError(
+                f"{path} is not a membership database (SQLite says: {text}); check the --db path"
+            ) from exc
+        if "Could not decode to UTF-8" in text:
+            raise DataError(
+                f"{path} holds text that is not valid UTF-8 (written around the API?); "
+                "fix the row, then retry"
+            ) from None
+        if "locked" in text or "busy" in text:
+            raise StoreError(
+                f"{path} is locked by another process for more than {BUSY_TIMEOUT_S:g} s; "
+                "retry when it is free"
+            ) from exc
+        if "readonly" in text:
+            raise StoreError(f"{path} is read-only here; check its permissions") from exc
+        if "unable to open" in text:
+            raise StoreError(f"cannot open {path}: check that it is a readable file") from exc
+        raise StoreError(f"SQLite error on {path}: {text}") from exc
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
+    """Return the schema version of a membership database, or raise SchemaError.
+
+    Reads the header pragmas and ``sqlite_master`` only: never writes.
+    """
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if app_id != APPLICATION_ID:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id == 0 and version == 0 and tables == 0:
+            raise SchemaError(
+                f"{path} is an empty SQLite database, not a membership database; "
+                f"run `membershipd init --db {path}`"
+            )
+        raise SchemaError(
+            f"{path} is a SQLite database of another application "
+            f"(application_id {app_id:#x}), not a membership database"
+        )
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} has schema version {version}, newer than this membershipd "
+            f"understands ({SCHEMA_VERSION}); upgrade unibus-membership"
+        )
+    if version < 1:
+        raise SchemaError(f"{path} has unknown schema version {version}")
+    found = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if missing := [t for t in TABLES if t not in found]:
+        raise SchemaError(f"{path} lacks the tables {', '.join(missing)}; it is damaged")
+    return int(version)
+
+
+def _connect(path: Path, mode: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        _uri(path, mode),
+        uri=True,
+        isolation_level=None,
+        timeout=BUSY_TIMEOUT_S,
+        check_same_thread=False,
+    )
+    return conn
+
+
+class SQLiteStore:
+    """A membership store in one SQLite file. Open with :meth:`open` or :meth:`init`."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, version: int, clock: Callable[[], int]
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.schema_version = version
+        self._clock = clock
+
+    # -- opening ------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = False,
+        clock: Callable[[], int] = now_ms,
+    ) -> SQLiteStore:
+        """Open an existing membership database; with ``create``, make one if absent.
+
+        An existing file that is not a membership database is refused, whether or not
+        ``create`` is set, and is never modified.
+        """
+        p = Path(path)
+        if p.is_dir():
+            raise InvalidInputError(f"--db {p} is a directory, not a database file")
+        if not p.exists() and not create:
+            raise InvalidInputError(
+                f"database {p} does not exist; create it with `membershipd init --db {p}`"
+            )
+        if create and not p.parent.is_dir():
+            raise InvalidInputError(f"cannot create {p}: directory {p.parent} does not exist")
+        with translate_errors(p):
+            conn = _connect(p, "rwc" if create else "rw")
+            try:
+                version = cls._open_checked(conn, p, create)
+            except BaseException:
+                conn.close()
+                raise
+        return cls(conn, p, version, clock)
+
+    @classmethod
+    def _open_checked(cls, conn: sqlite3.Connection, path: Path, create: bool) -> int:
+        try:
+            return _check_schema(conn, path)
+        except SchemaError:
+            if not create:
+                raise
+        # Create only into a truly empty database, checked again under the write lock.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app_id == APPLICATION_ID:
+                conn.execute("ROLLBACK")
+                return _check_schema(conn, path)  # created meanwhile by another process
+            if tables or app_id:
+                conn.execute("ROLLBACK")
+                return _check_schema(conn, path)  # raises: a foreign database
+            for statement in SCHEMA_SQL.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("PRAGMA journal_mode = WAL")
+        return SCHEMA_VERSION
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The underlying connection, for the migration's lock and for tests."""
+        return self._conn
+
+    async def close(self) -> None:
+        self._conn.close()
+
+    # -- plumbing -----------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with translate_errors(self.path):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with translate_errors(self.path):
+            # Inside the migration's lock the caller's transaction is already consistent.
+            started = not self._conn.in_transaction
+            if started:
+                self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                if started and self._conn.in_transaction:
+                    self._conn.execute("COMMIT")
+
+    def _one(self, kind: str, where: str, args: tuple[Any, ...]) -> Any:
+        sql = _SELECT[kind].replace(" ORDER BY", f" WHERE {where} ORDER BY")
+        row = self._conn.execute(sql, args).fetchone()
+        return None if row is None else self._make(kind, row)
+
+    def _many(self, kind: str, where: str = "", args: tuple[Any, ...] = ()) -> list[Any]:
+        sql = _SELECT[kind]
+        if where:
+            sql = sql.replace(" ORDER BY", f" WHERE {where} ORDER BY")
+        return [self._make(kind, row) for row in self._conn.execute(sql, args)]
+
+    def _make(self, kind: str, row: tuple[Any, ...]) -> Any:
+        try:
+            return _RECORD[kind](*row)
+        except MembershipError as exc:
+            raise DataError(f"{self.path}: a {kind} row is out of its domain: {exc}") from None
+
+    def _user(self, user_id: str) -> User | None:
+        user: User | None = self._one("users", "id = ?", (user_id,))
+        return user
+
+    def _room(self, room_id: str) -> Room | None:
+        room: Room | None = self._one("rooms", "id = ?", (room_id,))
+        return room
+
+    def _member(self, room_id: str, user_id: str) -> Member | None:
+        member: Member | None = self._one(
+            "members", "room_id = ? AND user_id = ?", (room_id, user_id)
+        )
+        return member
+
+    def _bump(self, conn: sqlite3.Connection, room: Room) -> Room:
+        bumped = replace(room, epoch=room.epoch + 1)
+        conn.execute("UPDATE rooms SET epoch = ? WHERE id = ?", (bumped.epoch, room.id))
+        return bumped
+
+    # -- users --------------------------------------------------------------------
+
+    async def add_user(
+        self, user_id: str, public_key: bytes, *, created_at: int | None = None
+    ) -> User:
+        validate_id(user_id, "user id")
+        validate_public_key(public_key)
+        with self._write() as conn:
+            rules.check_new_user(self._user(user_id), user_id)
+            user = User(
+                user_id, public_key, "active", self._clock() if created_at is None else created_at
+            )
+            conn.execute(
+                "INSERT INTO users (id, public_key, status, created_at) VALUES (?, ?, ?, ?)",
+                (user.id, user.public_key, user.status, user.created_at),
+            )
+        return user
+
+    async def revoke_user(self, user_id: str) -> Revocation:
+        validate_id(user_id, "user id")
+        with self._write() as conn:
+            user = rules.require_user(self._user(user_id), user_id)
+            was_active = user.status == "active"
+            user = replace(user, status="revoked")
+            conn.execute("UPDATE users SET status = 'revoked' WHERE id = ?", (user_id,))
+            rooms = []
+            for member in self._many("members", "user_id = ?", (user_id,)):
+                conn.execute(
+                    "DELETE FROM members WHERE room_id = ? AND user_id = ?",
+                    (member.room_id, user_id),
+                )
+                room = self._room(member.room_id)
+                if room is not None:
+                    rooms.append(self._bump(conn, room))
+        return Revocation(user, tuple(rooms), was_active)
+
+    async def get_user(self, user_id: str) -> User | None:
+        validate_id(user_id, "user id")
+        with self._read():
+            return self._user(user_id)
+
+    async def list_users(self) -> list[User]:
+        with self._read():
+            return self._many("users")
+
+    # -- rooms and members ----------------------------------------------------------
+
+    async def create_room(self, room_id: str, owner: str, *, created_at: int | None = None) -> Room:
+        validate_id(room_id, "room id")
+        validate_id(owner, "user id")
+        with self._write() as conn:
+            rules.check_create_room(self._room(room_id), self._user(owner), room_id, owner)
+            room = Room(room_id, 1, self._clock() if created_at is None else created_at)
+            conn.execute(
+                "INSERT INTO rooms (id, epoch, created_at) VALUES (?, ?, ?)",
+                (room.id, room.epoch, room.created_at),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO members (room_id, user_id, role, joined_epoch) "
+                "VALUES (?, ?, 'owner', 1)",
+                (room_id, owner),
+            )
+        return room
+
+    async def get_room(self, room_id: str) -> Room | None:
+        validate_id(room_id, "room id")
+        with self._read():
+            return self._room(room_id)
+
+    async def list_rooms(self) -> list[Room]:
+        with self._read():
+            return self._many("rooms")
+
+    async def add_member(self, room_id: str, user_id: str) -> Member:
+        validate_id(room_id, "room id")
+        validate_id(user_id, "user id")
+        with self._write() as conn:
+            room = rules.check_add_member(
+                self._room(room_id),
+                self._user(user_id),
+                self._member(room_id, user_id),
+                room_id,
+                user_id,
+            )
+            member = Member(room_id, user_id, "member", room.epoch)
+            conn.execute(
+                "INSERT INTO members (room_id, user_id, role, joined_epoch) VALUES (?, ?, ?, ?)",
+                (room_id, user_id, member.role, member.joined_epoch),
+            )
+        return member
+
+    async def remove_member(self, room_id: str, user_id: str) -> Room:
+        validate_id(room_id, "room id")
+        validate_id(user_id, "user id")
+        with self._write() as conn:
+            room = rules.check_remove_member(
+                self._room(room_id), self._member(room_id, user_id), room_id, user_id
+            )
+            conn.execute(
+                "DELETE FROM members WHERE room_id = ? AND user_id = ?", (room_id, user_id)
+            )
+            return self._bump(conn, room)
+
+    async def list_members(self, room_id: str | None = None) -> list[Member]:
+        if room_id is None:
+            with self._read():
+                return self._many("members")
+        validate_id(room_id, "room id")
+        with self._read():
+            return self._many("members", "room_id = ?", (room_id,))
+
+    async def rekey(self, room_id: str) -> Room:
+        validate_id(room_id, "room id")
+        with self._write() as conn:
+            return self._bump(conn, rules.require_room(self._room(room_id), room_id))
+
+    # -- sealed keys ----------------------------------------------------------------
+
+    async def put_sealed_key(
+        self, room_id: str, user_id: str, sealed_key: bytes
+    ) -> SealedKeyRecord:
+        validate_id(room_id, "room id")
+        validate_id(user_id, "user id")
+        validate_sealed_key(sealed_key)
+        with self._write() as conn:
+            room = self._room(room_id)
+            epoch = room.epoch if room is not None else 0
+            exists = (
+                conn.execute(
+                    "SELECT 1 FROM sealed_keys WHERE room_id = ? AND epoch = ? AND user_id = ?",
+                    (room_id, epoch, user_id),
+                ).fetchone()
+                is not None
+            )
+            rules.check_put_sealed_key(
+                room, self._user(user_id), self._member(room_id, user_id), exists, room_id, user_id
+            )
+            record = SealedKeyRecord(room_id, epoch, user_id, sealed_key)
+            conn.execute(
+                "INSERT INTO sealed_keys (room_id, epoch, user_id, sealed_key) VALUES (?, ?, ?, ?)",
+                (room_id, epoch, user_id, sealed_key),
+            )
+        return record
+
+    async def get_sealed_key(
+        self, room_id: str, user_id: str, epoch: int | None = None
+    ) -> SealedKeyRecord | None:
+        validate_id(room_id, "room id")
+        validate_id(user_id, "user id")
+        if epoch is not None:
+            validate_epoch(epoch)
+        with self._read():
+            if epoch is None:
+                room = self._room(room_id)
+                if room is None:
+                    return None
+                epoch = room.epoch
+            record: SealedKeyRecord | None = self._one(
+                "sealed_keys",
+                "room_id = ? AND epoch = ? AND user_id = ?",
+                (room_id, epoch, user_id),
+            )
+            return record
+
+    async def list_sealed_keys(self, room_id: str | None = None) -> list[SealedKeyRecord]:
+        if room_id is None:
+            with self._read():
+                return self._many("sealed_keys")
+        validate_id(room_id, "room id")
+        with self._read():
+            return self._many("sealed_keys", "room_id = ?", (room_id,))
+
+    # -- snapshots ------------------------------------------------------------------
+
+    def iter_records(self, kind: str) -> Iterator[Any]:
+        """Stream one table's records in primary-key order (inside a transaction)."""
+        with translate_errors(self.path):
+            for row in self._conn.execute(_SELECT[kind]):
+                yield self._make(kind, row)
+
+    def read_snapshot(self) -> Snapshot:
+        """The whole state in one read transaction (or the caller's transaction)."""
+        with self._read():
+            return Snapshot(
+                users=tuple(self.iter_records("users")),
+                rooms=tuple(self.iter_records("rooms")),
+                members=tuple(self.iter_records("members")),
+                sealed_keys=tuple(self.iter_records("sealed_keys")),
+                schema_version=self.schema_version,
+            )
+
+    async def export_snapshot(self) -> Snapshot:
+        return self.read_snapshot()
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Hold the database's write lock (``BEGIN IMMEDIATE``) without writing.
+
+        Writers in other processes wait (busy timeout) or fail visibly while it is
+        held; readers, ``VACUUM INTO`` on another connection included, go on. The
+        transaction is rolled back, so the file is not modified.
+        """
+        with translate_errors(self.path):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
