@@ -824,6 +824,11 @@ def demo(keep: Path | None, as_json: bool) -> None:
         click.echo("demo: ok: parity holds and the second migration wrote nothing")
 
 
+# -- commands that live in their own modules ------------------------------------------------
+# Each registers itself below with one import and one ``cli.add_command(...)`` line; those
+# modules import what they need (store_options, run, emit_json ...) from this one.
+
+
 def main() -> None:
     """The ``membershipd`` console script."""
     cli.main(prog_name="membershipd")
