@@ -11,6 +11,7 @@ in the same directory removes.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import sqlite3
 from datetime import UTC, datetime
@@ -47,9 +48,10 @@ def check_backup_target(path: Path) -> None:
         raise StoreError(f"cannot write backup {path}: directory {path.parent} does not exist")
 
 
-def _remove_leftovers(directory: Path, base: str) -> None:
+def _remove_leftovers(directory: Path, patterns: tuple[str, ...]) -> None:
     """Remove ``.partial`` files of earlier runs whose process is gone."""
-    for leftover in directory.glob(f".{base}.*{PARTIAL_SUFFIX}"):
+    leftovers = {p for pattern in patterns for p in directory.glob(pattern)}
+    for leftover in sorted(leftovers):
         pid_text = leftover.name[: -len(PARTIAL_SUFFIX)].rsplit(".", 1)[-1]
         if pid_text.isdigit() and _alive(int(pid_text)):
             continue
@@ -76,7 +78,14 @@ def backup_sqlite(source: Path, dest: Path) -> Path:
     another one: the backup then shows exactly the state the caller reads.
     """
     check_backup_target(dest)
-    _remove_leftovers(dest.parent, dest.name)
+    # Default backups of this database (any timestamp) and earlier tries at this very path.
+    _remove_leftovers(
+        dest.parent,
+        (
+            f".{glob.escape(source.name)}.backup-*{PARTIAL_SUFFIX}",
+            f".{glob.escape(dest.name)}.*{PARTIAL_SUFFIX}",
+        ),
+    )
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

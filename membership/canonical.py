@@ -20,8 +20,10 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Final
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from json.encoder import encode_basestring
+from typing import IO, Any, Final
 
 from .errors import DataError, MembershipError
 from .model import Member, Record, Room, SealedKeyRecord, Snapshot, User
@@ -29,12 +31,16 @@ from .model import Member, Record, Room, SealedKeyRecord, Snapshot, User
 __all__ = [
     "KINDS",
     "KIND_OF",
+    "MAX_ENCODED_BYTES",
+    "SnapshotDigest",
     "decode_record",
     "decode_snapshot",
     "dumps",
     "encode_record",
+    "encode_row",
     "record_from_dict",
     "record_to_dict",
+    "row_encoder",
     "snapshot_bytes",
     "snapshot_chunks",
     "snapshot_digest",
@@ -202,3 +208,227 @@ def decode_snapshot(text: str | bytes) -> Snapshot:
         sealed_keys=lists["sealed_keys"],
         schema_version=version,
     )
+
+
+# -- streaming: rows straight to canonical bytes, and a digest over a stream ---------------
+
+_b64 = binascii.b2a_base64
+_ROW_FORMAT: Final = {
+    "users": '{{"created_at":{3:d},"id":{0},"public_key":"{1}","status":{2}}}',
+    "rooms": '{{"created_at":{2:d},"epoch":{1:d},"id":{0}}}',
+    "members": '{{"joined_epoch":{3:d},"role":{2},"room_id":{0},"user_id":{1}}}',
+    "sealed_keys": '{{"epoch":{1:d},"room_id":{0},"sealed_key":"{3}","user_id":{2}}}',
+}
+
+
+def encode_row(kind: str, row: Sequence[Any]) -> bytes:
+    """:func:`encode_record` of a record given as its field values, in field order.
+
+    The migration streams a million rows; building a record object and a dict for
+    each costs several times more than the I/O. This formats the same canonical JSON
+    directly (sorted keys, compact, ``ensure_ascii=False`` string escaping by the very
+    function :mod:`json` uses, standard padded base64). The row must already be in
+    its record's domain (:meth:`membership.sqlite.SQLiteStore.iter_rows` checks
+    that); a property test pins ``encode_row == encode_record`` on arbitrary records.
+    """
+    if kind == "sealed_keys":
+        room_id, epoch, user_id, sealed_key = row
+        text = _ROW_FORMAT[kind].format(
+            encode_basestring(room_id),
+            epoch,
+            encode_basestring(user_id),
+            _b64(sealed_key, newline=False).decode("ascii"),
+        )
+    elif kind == "members":
+        room_id, user_id, role, joined_epoch = row
+        text = _ROW_FORMAT[kind].format(
+            encode_basestring(room_id),
+            encode_basestring(user_id),
+            encode_basestring(role),
+            joined_epoch,
+        )
+    elif kind == "users":
+        user_id, public_key, status, created_at = row
+        text = _ROW_FORMAT[kind].format(
+            encode_basestring(user_id),
+            _b64(public_key, newline=False).decode("ascii"),
+            encode_basestring(status),
+            created_at,
+        )
+    elif kind == "rooms":
+        room_id, epoch, created_at = row
+        text = _ROW_FORMAT[kind].format(encode_basestring(room_id), epoch, created_at)
+    else:
+        raise DataError(f"unknown record kind {kind!r}")
+    return text.encode("utf-8")
+
+
+MAX_ENCODED_BYTES: Final = {"users": 1024, "rooms": 1024, "members": 2048, "sealed_keys": 8192}
+"""No record's canonical JSON is larger: ids of at most 128 UTF-8 bytes (each written
+as itself, or at worst as a 6-byte ``\\u00XX`` escape), 64-bit integers, base64 of at
+most 4096 bytes. Against a server's ``max_payload`` at or above these, no value needs
+measuring (a property test pins the bounds with worst-case records)."""
+
+
+def row_encoder(kind: str) -> Callable[[Sequence[Any]], bytes]:
+    """:func:`encode_row` for one kind, without the dispatch: the migration's hot loop."""
+    b64, esc = _b64, encode_basestring
+    fmt = _ROW_FORMAT[kind].format if kind in _ROW_FORMAT else None
+    if fmt is None:
+        raise DataError(f"unknown record kind {kind!r}")
+    if kind == "sealed_keys":
+
+        def encode(row: Sequence[Any]) -> bytes:
+            return fmt(
+                esc(row[0]), row[1], esc(row[2]), b64(row[3], newline=False).decode("ascii")
+            ).encode()
+
+    elif kind == "members":
+
+        def encode(row: Sequence[Any]) -> bytes:
+            return fmt(esc(row[0]), esc(row[1]), esc(row[2]), row[3]).encode()
+
+    elif kind == "users":
+
+        def encode(row: Sequence[Any]) -> bytes:
+            return fmt(
+                esc(row[0]), b64(row[1], newline=False).decode("ascii"), esc(row[2]), row[3]
+            ).encode()
+
+    else:
+
+        def encode(row: Sequence[Any]) -> bytes:
+            return fmt(esc(row[0]), row[1], row[2]).encode()
+
+    return encode
+
+
+_SPOOL_IN_MEMORY: Final = 16 * 1024 * 1024
+_BATCH: Final = 1024
+
+
+class SnapshotDigest:
+    """The snapshot digest of a state streamed kind by kind, in any order of kinds.
+
+    ``export`` lists the kinds in key order (members, rooms, schema_version,
+    sealed_keys, users) but a migration writes users and rooms first. Each kind is
+    fed contiguously between :meth:`begin` and :meth:`end`, its records in
+    primary-key order as canonical bytes (:meth:`add`). A kind that arrives before
+    its turn is spooled (in memory up to 16 MB, beyond that in an anonymous
+    temporary file) and hashed when its turn comes, so nothing is encoded twice and
+    memory stays bounded. :meth:`hexdigest` equals :func:`snapshot_digest` of the
+    same state; :meth:`kind_digest` is the SHA-256 of one kind's JSON array alone
+    (the migration keeps those to recognise an unchanged kind on a re-run).
+    """
+
+    ORDER: Final = tuple(sorted((*KINDS, "schema_version")))
+
+    def __init__(self, schema_version: int) -> None:
+        self._schema_version = int(schema_version)
+        self._hash = hashlib.sha256()
+        self._next = 0  # index into ORDER of the next piece the main hash needs
+        self._open: str | None = None
+        self._first = True
+        self._kind_hash: Any = None
+        self._spool: IO[bytes] | None = None
+        self._spools: dict[str, IO[bytes]] = {}
+        self._kind_digests: dict[str, str] = {}
+        self._counts: dict[str, int] = {}
+        self._parts: list[bytes] = []
+        self._catch_up()
+
+    def _prefix(self) -> bytes:
+        key = self.ORDER[self._next]
+        return (("{" if self._next == 0 else ",") + json.dumps(key) + ":").encode()
+
+    def _catch_up(self) -> None:
+        """Feed the main hash every finished piece whose turn has come."""
+        while self._next < len(self.ORDER):
+            key = self.ORDER[self._next]
+            if key == "schema_version":
+                self._hash.update(self._prefix() + str(self._schema_version).encode())
+            elif key in self._spools:
+                self._hash.update(self._prefix())
+                spool = self._spools.pop(key)
+                spool.seek(0)
+                while block := spool.read(1 << 20):
+                    self._hash.update(block)
+                spool.close()
+            else:
+                return
+            self._next += 1
+
+    def _piece(self, data: bytes) -> None:
+        if self._spool is not None:
+            self._spool.write(data)
+        else:
+            self._hash.update(data)
+        self._kind_hash.update(data)
+
+    def begin(self, kind: str) -> None:
+        if self._open is not None:
+            raise ValueError(f"kind {self._open} is still open")
+        if kind not in KINDS or kind in self._kind_digests:
+            raise ValueError(f"kind {kind!r} is unknown or already hashed")
+        self._open = kind
+        self._first = True
+        self._kind_hash = hashlib.sha256()
+        self._counts[kind] = 0
+        if self._next < len(self.ORDER) and self.ORDER[self._next] == kind:
+            self._spool = None
+            self._hash.update(self._prefix())
+        else:
+            self._spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
+        self._piece(b"[")
+
+    def add(self, encoded: bytes) -> None:
+        """One record of the open kind, as :func:`encode_record` bytes."""
+        parts = self._parts
+        parts.append(encoded)
+        if len(parts) >= _BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        parts, self._parts = self._parts, []
+        if not parts:
+            return
+        data = b",".join(parts)
+        if self._first:
+            self._first = False
+            self._piece(data)
+        else:
+            self._piece(b"," + data)
+        self._counts[self._open] += len(parts)  # type: ignore[index]
+
+    def end(self) -> str:
+        """Close the open kind; return its own digest."""
+        kind = self._open
+        if kind is None:
+            raise ValueError("no kind is open")
+        self._flush()
+        self._piece(b"]")
+        self._kind_digests[kind] = "sha256:" + self._kind_hash.hexdigest()
+        if self._spool is not None:
+            self._spools[kind] = self._spool
+            self._spool = None
+        else:
+            self._next += 1
+        self._open = None
+        self._catch_up()
+        return self._kind_digests[kind]
+
+    def kind_digest(self, kind: str) -> str:
+        return self._kind_digests[kind]
+
+    def count(self, kind: str) -> int:
+        """Records fed for ``kind`` (complete once the kind has ended)."""
+        return self._counts[kind] + (len(self._parts) if kind == self._open else 0)
+
+    def hexdigest(self) -> str:
+        """``sha256:<hex>`` of the whole export; every kind must have been fed."""
+        missing = [k for k in KINDS if k not in self._kind_digests]
+        if missing or self._next != len(self.ORDER):
+            raise ValueError(f"kinds not hashed yet: {missing}")
+        final = self._hash.copy()
+        final.update(b"}\n")
+        return "sha256:" + final.hexdigest()

@@ -660,6 +660,13 @@ def export(opts: StoreOptions) -> None:
     "Default: beside the database, <db>.backup-<UTC time>.",
 )
 @click.option("--prune", is_flag=True, help="Delete KV records the source lacks (else refuse).")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress on stderr (default: a bar per phase on a terminal; otherwise one "
+    "line per phase -- backup, read, write, verify -- once the run has succeeded).",
+)
 @nats_options
 @json_option
 def migrate_to_kv(
@@ -669,6 +676,7 @@ def migrate_to_kv(
     no_backup: bool,
     backup_path: Path | None,
     prune: bool,
+    quiet: bool,
     ca: str | None,
     cert: str | None,
     key: str | None,
@@ -677,10 +685,12 @@ def migrate_to_kv(
 ) -> None:
     """Copy the SQLite control plane into JetStream KV, verified, idempotently.
 
-    Holds the source's write lock while it backs up (VACUUM INTO, 0600, integrity
-    checked) and reads it; writes only what differs (a second run writes nothing);
-    refuses records that exist only in KV unless --prune; reads KV back and proves
-    it equals the source. Exit 0 verified, 1 failed or different, 2 refused.
+    Pins one moment of the source (its write lock is held while a read snapshot is
+    taken and backed up: VACUUM INTO, 0600, integrity checked) and streams it;
+    writes only what differs (a second run writes nothing); refuses records that
+    exist only in KV unless --prune; reads KV back and proves it equals the source.
+    Progress per phase goes to stderr. Exit 0 verified, 1 failed or different, 2
+    refused.
 
     \b
     Example:
@@ -689,7 +699,9 @@ def migrate_to_kv(
           --ca ca.pem --replicas 3 --json
     """
     from .migrate import migrate_sqlite_to_kv
+    from .progress import for_stderr
 
+    progress = for_stderr(quiet)
     target = NatsTarget(nats_url, ca, cert, key)
     try:
         report = asyncio.run(
@@ -701,7 +713,7 @@ def migrate_to_kv(
                 backup_path=backup_path,
                 prune=prune,
                 prefix=bucket_prefix,
-                progress=progress_printer(as_json),
+                progress=progress,
             )
         )
     except TargetNotEmptyError as exc:
@@ -736,6 +748,7 @@ def migrate_to_kv(
                 "difference(s)); rerun, then `membershipd verify`"
             )
         )
+    progress.flush()  # the phase lines of a finished run (a failed one shows its error only)
 
 
 @cli.command()
@@ -795,6 +808,39 @@ def verify(
 
 
 @cli.command()
+@store_options
+@json_option
+def inspect(opts: StoreOptions, as_json: bool) -> None:
+    """Summarise a store: counts, sizes, digest, room epochs, invariant findings.
+
+    For a SQLite file (a backup too) or a KV namespace: the schema version; the
+    snapshot digest (the one `migrate-to-kv` reports and `export | sha256sum`
+    gives); per record kind the count, the bytes as canonical JSON (what the KV
+    values hold) and the largest record; how many rooms are at each epoch; the
+    invariant violations a legacy source may carry (orphans, keys above the
+    room's epoch ...); and the file's size or each bucket's replicas, history,
+    messages and bytes. Only reads. Equal snapshots give equal figures on both
+    stores, so two inspections are easy to compare.
+
+    \b
+    Example:
+      membershipd inspect --db control.db
+      membershipd inspect --nats-url nats://127.0.0.1:4222 --json
+    """
+    from .inspect import format_inspection, inspect_kv, inspect_sqlite
+
+    if opts.db is not None:
+        result = run(inspect_sqlite(opts.db))
+    else:
+        result = run(inspect_kv(opts.target(), opts.bucket_prefix))
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        for line in format_inspection(result):
+            click.echo(line)
+
+
+@cli.command()
 @click.option(
     "--keep",
     type=click.Path(file_okay=False, path_type=Path),
@@ -827,6 +873,10 @@ def demo(keep: Path | None, as_json: bool) -> None:
 # -- commands that live in their own modules ------------------------------------------------
 # Each registers itself below with one import and one ``cli.add_command(...)`` line; those
 # modules import what they need (store_options, run, emit_json ...) from this one.
+
+from .cli_cluster import cluster  # noqa: E402
+
+cli.add_command(cluster)
 
 
 def main() -> None:

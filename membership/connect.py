@@ -9,11 +9,20 @@ Two promises of the contract live here:
   :class:`NatsUnavailableError` within seconds, never a reconnect loop
   (:func:`connect_nats`). nats-py retries a pool forever unless
   ``max_reconnect_attempts`` is positive, so it always is here.
+
+Two gaps of nats-py are closed by :class:`_GuardedClient`: nats-py upgrades to TLS
+only when the server's INFO says ``tls_required``, so a server (or a man in the
+middle) that does not ask for TLS would get a cleartext session even with ``--ca``
+or a ``tls://`` URL -- here such a server is refused before anything is sent to it;
+and nats-py adds every server a cluster gossips (``connect_urls``) to its pool, so a
+cleartext loopback session could reconnect in cleartext to a remote node -- here a
+session without TLS only ever adds loopback servers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import ssl
 from dataclasses import dataclass
@@ -29,8 +38,10 @@ from .errors import InsecureURLError, InvalidInputError, NatsUnavailableError
 
 __all__ = [
     "NatsTarget",
+    "TLSRequiredError",
     "check_nats_url",
     "connect_nats",
+    "host_is_loopback",
     "is_loopback_url",
     "split_nats_urls",
 ]
@@ -38,9 +49,14 @@ __all__ = [
 SCHEMES: Final = ("nats", "tls")
 CONNECT_TIMEOUT: Final = 2.0
 """Seconds for one TCP+TLS connection attempt."""
+FLUSH_TIMEOUT: Final = 10.0
+"""Seconds a publish may wait for nats-py to hand its buffer to the socket."""
 
 
-def _host_is_loopback(host: str) -> bool:
+def host_is_loopback(host: str) -> bool:
+    """True for ``localhost``, ``127.0.0.0/8``, ``::1`` and IPv4-mapped loopback."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if host.lower() in ("localhost", "localhost."):
         return True
     try:
@@ -78,7 +94,7 @@ def is_loopback_url(url: object) -> bool:
     host = parts.hostname
     if "%" in host:
         return False
-    return _host_is_loopback(host)
+    return host_is_loopback(host)
 
 
 def split_nats_urls(value: str) -> list[str]:
@@ -139,8 +155,16 @@ class NatsTarget:
             raise InvalidInputError("--cert and --key go together (mutual TLS needs both)")
         return check_nats_url(self.url, self.ca)
 
+    @property
+    def tls_required(self) -> bool:
+        """TLS is demanded: ``--ca``/``--cert`` given, or a ``tls://`` URL."""
+        if self.ca is not None or self.cert is not None:
+            return True
+        return any(u.lower().startswith("tls://") for u in split_nats_urls(self.url))
+
     def ssl_context(self) -> ssl.SSLContext | None:
-        if self.ca is None:
+        """The context to verify servers with: ``--ca`` if given, else the system's CAs."""
+        if not self.tls_required:
             return None
         try:
             ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
@@ -155,18 +179,56 @@ class NatsTarget:
         return ctx
 
 
+class TLSRequiredError(nats.errors.Error):
+    """The server did not ask for TLS although the caller demanded it."""
+
+    def __str__(self) -> str:
+        return (
+            "the server does not offer TLS, but --ca/--cert or a tls:// URL demands it; "
+            "nothing was sent (check the URL and the server's tls block)"
+        )
+
+
+def loopback_connect_urls(urls: list[str]) -> list[str]:
+    """The gossiped ``host:port`` entries a cleartext session may use: loopback ones."""
+    return [u for u in urls if is_loopback_url(f"nats://{u}")]
+
+
+class _GuardedClient(Client):
+    """nats-py's client, refusing cleartext where TLS is demanded (see module docstring).
+
+    ``_process_info`` runs on every server's first INFO, before the TLS upgrade and
+    before CONNECT is written, and again on each gossip update.
+    """
+
+    require_tls = False
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection and self.require_tls and not info.get("tls_required"):
+            raise TLSRequiredError()
+        if not self.require_tls and info.get("connect_urls"):
+            info["connect_urls"] = loopback_connect_urls(list(info["connect_urls"]))
+        await super()._process_info(info, initial_connection)
+
+
 async def connect_nats(target: NatsTarget, *, name: str = "membershipd") -> Client:
     """Connect, or raise :class:`NatsUnavailableError` within a few seconds.
 
     Every server of the seed list is tried twice at most; the last low-level error
     (refused, timeout, TLS verification, authorization) is named in the message.
+    A TLS failure ends the attempt at once: it is a wrong ``--ca`` or a server that
+    is not who it claims to be, which retrying cannot fix (and nats-py 2.16 stalls
+    after a failed handshake instead of moving on).
     """
     urls = target.check()
     tls = target.ssl_context()
     errors: list[BaseException] = []
+    fatal = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
         errors.append(exc)
+        if isinstance(exc, (ssl.SSLError, TLSRequiredError)):
+            fatal.set()
 
     async def quiet(*_: Any) -> None:
         return None
@@ -183,28 +245,51 @@ async def connect_nats(target: NatsTarget, *, name: str = "membershipd") -> Clie
         "closed_cb": quiet,
         "reconnected_cb": quiet,
         "dont_randomize": True,
+        # nats-py waits for its flusher without a limit when its outbound buffer is full;
+        # if the server dies then, a publish would hang for ever (seen with nats-py 2.x).
+        "flush_timeout": FLUSH_TIMEOUT,
     }
     if tls is not None:
+        # Each server's certificate is checked against that server's own host name.
         options["tls"] = tls
-        if urls:
-            parts = _split(urls[0])
-            if parts is not None and parts.hostname:
-                options["tls_hostname"] = parts.hostname
+    nc = _GuardedClient()
+    nc.require_tls = target.tls_required
+    connecting = asyncio.ensure_future(nc.connect(**options))
+    failed = asyncio.ensure_future(fatal.wait())
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT * 2 * len(urls) + 5):
-            nc = await nats.connect(**options)
+            await asyncio.wait({connecting, failed}, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            raise errors[-1]
+        connecting.result()
     except (OSError, TimeoutError, nats.errors.Error, ssl.SSLError) as exc:
-        cause = _describe(errors[-1] if errors else exc)
+        await _abandon(nc, connecting)
+        refused = [e for e in errors if "authorization" in str(e).lower()]
+        cause = _describe(refused[0] if refused else errors[-1] if errors else exc)
         raise NatsUnavailableError(
             f"cannot connect to NATS at {target.display()}: {cause}"
         ) from None
+    finally:
+        failed.cancel()
     # Connected: ride out short disconnects during long runs, but still end within seconds.
     nc.options["max_reconnect_attempts"] = 5
     nc.options["reconnect_time_wait"] = 0.5
     return nc
 
 
+async def _abandon(nc: Client, connecting: asyncio.Future[Any]) -> None:
+    """Stop a connection attempt that failed, and release its socket."""
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1):
+            await nc.close()
+
+
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TLSRequiredError):
+        return str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed ({exc.verify_message}); check --ca"
     if isinstance(exc, ssl.SSLError):
@@ -213,7 +298,10 @@ def _describe(exc: BaseException) -> str:
         return "connection refused (is nats-server running there?)"
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return "timed out"
-    if isinstance(exc, nats.errors.AuthorizationError):
+    if (
+        isinstance(exc, nats.errors.AuthorizationError)
+        or "authorization violation" in str(exc).lower()
+    ):
         return "the server refused the credentials (authorization violation)"
     if isinstance(exc, OSError):
         return exc.strerror or exc.__class__.__name__

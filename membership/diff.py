@@ -19,7 +19,7 @@ from typing import Any
 from .canonical import KINDS
 from .model import Record, Snapshot
 
-__all__ = ["diff_snapshots", "format_pk", "format_value"]
+__all__ = ["diff_records", "diff_snapshots", "format_pk", "format_value"]
 
 
 def format_value(value: Any) -> str:
@@ -36,6 +36,33 @@ def _fields(record: Record) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__dataclass_fields__}
 
 
+def diff_records(
+    kind: str,
+    left: Record | None,
+    right: Record | None,
+    left_name: str = "SQLite",
+    right_name: str = "KV",
+) -> list[str]:
+    """The lines for one primary key: present on one side only, or field by field."""
+    if left is None and right is None:
+        return []
+    if right is None:
+        assert left is not None
+        return [f"{format_pk(kind, left.pk)}: only in {left_name}"]
+    if left is None:
+        return [f"{format_pk(kind, right.pk)}: only in {right_name}"]
+    if left == right:
+        return []
+    name = format_pk(kind, left.pk)
+    fa, fb = _fields(left), _fields(right)
+    return [
+        f"{name}.{field}: {left_name} {format_value(fa[field])}, "
+        f"{right_name} {format_value(fb[field])}"
+        for field in fa
+        if fa[field] != fb[field]
+    ]
+
+
 def diff_snapshots(
     left: Snapshot, right: Snapshot, left_name: str = "SQLite", right_name: str = "KV"
 ) -> list[str]:
@@ -50,17 +77,5 @@ def diff_snapshots(
         a = {r.pk: r for r in getattr(left, kind)}
         b = {r.pk: r for r in getattr(right, kind)}
         for pk in sorted(a.keys() | b.keys()):
-            name = format_pk(kind, pk)
-            if pk not in b:
-                lines.append(f"{name}: only in {left_name}")
-            elif pk not in a:
-                lines.append(f"{name}: only in {right_name}")
-            elif a[pk] != b[pk]:
-                fa, fb = _fields(a[pk]), _fields(b[pk])
-                for field in fa:
-                    if fa[field] != fb[field]:
-                        lines.append(
-                            f"{name}.{field}: {left_name} {format_value(fa[field])}, "
-                            f"{right_name} {format_value(fb[field])}"
-                        )
+            lines.extend(diff_records(kind, a.get(pk), b.get(pk), left_name, right_name))
     return lines

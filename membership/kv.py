@@ -37,6 +37,7 @@ from nats.js import api
 
 from . import rules
 from .canonical import KINDS, decode_record, dumps, encode_record
+from .cluster import STREAM_OFFLINE, describe_offline_stream
 from .errors import (
     BucketConfigError,
     DataError,
@@ -67,8 +68,13 @@ from .model import (
 __all__ = [
     "BUCKET_SUFFIXES",
     "DEFAULT_PREFIX",
+    "LAST_RUN_KEY",
+    "BulkReader",
     "ImportCounts",
     "KVStore",
+    "Publisher",
+    "RowKeys",
+    "StreamState",
     "bucket_names",
     "key_of",
     "validate_prefix",
@@ -89,8 +95,27 @@ _EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST: Final = (10071, 10164)
 _CAS_RETRIES: Final = 20
 ACK_TIMEOUT: Final = 10.0
-WRITE_WINDOW: Final = 2048
+WRITE_WINDOW: Final = 4096
+"""Unacknowledged publishes in flight at most (a bounded window: memory stays flat)."""
 FETCH_BATCH: Final = 4096
+"""Messages per pull request of a bulk read."""
+PULL_DEPTH: Final = 4
+"""Pull requests kept outstanding: the server has work queued while the reader computes."""
+_NO_RESPONDER_RETRIES: Final = 20
+"""Tries of a publish or pull request that no stream or consumer answered (status 503):
+a bucket just created on a cluster has no leader for a moment. About 3.5 s in all."""
+PULL_MAX_BYTES: Final = 4 * 1024 * 1024
+"""Bytes per pull request at most (raised to fit one message of the server's max_payload).
+With PULL_DEPTH requests outstanding the server never has more than about 16 MiB queued
+for the reader, far below the 64 MiB after which it cuts a slow client off."""
+PULL_EXPIRES_NS: Final = 2_000_000_000
+"""A pull request the server cannot fill ends after 2 s; the reader then asks the
+consumer what is left (messages deleted during the read never arrive)."""
+_WAIT_SLICE: Final = 0.25
+LAST_RUN_KEY: Final = "last_verified_run"
+"""The key in ``<prefix>_meta`` of the record of the last verified migration."""
+_TOKEN_CACHE: Final = 100_000
+_PLAIN_TOKEN: Final = re.compile(r"[A-Za-z0-9-][A-Za-z0-9_-]{0,127}")
 
 T = TypeVar("T")
 
@@ -145,6 +170,80 @@ class Entry:
     revision: int
 
 
+@dataclass(frozen=True)
+class StreamState:
+    """What a bucket's content hangs on: any put, delete, purge or re-creation changes it.
+
+    A put or delete appends (``last_seq`` grows), a purge or a message removal
+    changes ``first_seq`` or ``messages``, a deleted and re-created bucket has a new
+    ``created`` time. Equal states at two moments mean the bucket held the same
+    messages at both.
+    """
+
+    created: str
+    first_seq: int
+    last_seq: int
+    messages: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "created": self.created,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "messages": self.messages,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> StreamState:
+        try:
+            state = cls(
+                str(data["created"]),
+                int(data["first_seq"]),
+                int(data["last_seq"]),
+                int(data["messages"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise DataError("a stream state in the last-run record is malformed") from None
+        return state
+
+
+class RowKeys:
+    """The KV key of a source row (:meth:`SQLiteStore.iter_rows` order of fields).
+
+    Same keys as :func:`key_of`, without building records: ids repeat across rows (a
+    room's id is in every one of its sealed keys), so their tokens are cached, and
+    ids that need no escaping are their own token.
+    """
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, str] = {}
+
+    def token(self, value: str) -> str:
+        token = self._tokens.get(value)
+        if token is None:
+            token = value if _PLAIN_TOKEN.fullmatch(value) else encode_id(value)
+            if len(self._tokens) >= _TOKEN_CACHE:
+                self._tokens.clear()
+            self._tokens[value] = token
+        return token
+
+    def key_function(self, kind: str) -> Callable[[tuple[Any, ...]], str]:
+        """:meth:`key` for one kind, without the dispatch: the migration's hot loop."""
+        token = self.token
+        if kind == "sealed_keys":
+            return lambda row: f"{token(row[0])}.{row[1]:d}.{token(row[2])}"
+        if kind == "members":
+            return lambda row: f"{token(row[0])}.{token(row[1])}"
+        return lambda row: token(row[0])
+
+    def key(self, kind: str, row: tuple[Any, ...]) -> str:
+        if kind == "sealed_keys":
+            return f"{self.token(row[0])}.{row[1]:d}.{self.token(row[2])}"
+        if kind == "members":
+            return f"{self.token(row[0])}.{self.token(row[1])}"
+        return self.token(row[0])
+
+
 @asynccontextmanager
 async def nats_errors(where: str) -> AsyncIterator[None]:
     """Translate nats-py exceptions into membership errors naming ``where``."""
@@ -161,6 +260,11 @@ async def nats_errors(where: str) -> AsyncIterator[None]:
     except nats.errors.MaxPayloadError as exc:
         raise DataError(f"{where}: a value is larger than the server's max_payload") from exc
     except nats.js.errors.APIError as exc:
+        if exc.err_code == STREAM_OFFLINE:
+            raise NatsUnavailableError(
+                f"{where}: the bucket is offline (the servers holding its replicas are "
+                "unreachable; an R1 bucket is a single point of failure)"
+            ) from exc
         raise StoreError(
             f"{where}: JetStream refused the request ({exc.err_code}: {exc.description})"
         ) from exc
@@ -253,6 +357,13 @@ class KVStore:
                     out[bucket] = info.config
                 except nats.js.errors.NotFoundError:
                     out[bucket] = None
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code == STREAM_OFFLINE:  # name the servers that hold it
+                        where = f"reading bucket {bucket}"
+                        raise await describe_offline_stream(
+                            self._nc, self.stream(kind), where
+                        ) from exc
+                    raise
         return out
 
     async def bucket_replicas(self) -> dict[str, int | None]:
@@ -387,46 +498,43 @@ class KVStore:
 
     async def scan(self, kind: str, filter_key: str = ">") -> list[Entry]:
         """Every live key of a bucket (tombstones skipped), read through a consumer."""
-        subject = self.subject(kind, filter_key)
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=api.AckPolicy.NONE,
-            filter_subject=subject,
-            mem_storage=True,
-            num_replicas=1,
-            inactive_threshold=30.0,
-        )
         entries: list[Entry] = []
-        prefix_len = len(self.subject(kind, ""))
-        async with nats_errors(f"reading {self.buckets[kind]}"):
-            try:
-                psub = await self._js.pull_subscribe(
-                    subject, stream=self.stream(kind), config=config
+        async with BulkReader(self, kind, filter_key) as reader:
+            async for batch in reader:
+                entries.extend(
+                    Entry(key, value, reply_sequence(reply)[0]) for key, value, reply in batch
                 )
-            except nats.js.errors.NotFoundError:
-                raise StoreError(f"bucket {self.buckets[kind]} does not exist") from None
-            name: str | None = None
-            try:
-                info = await psub.consumer_info()
-                name = info.name
-                pending = info.num_pending or 0
-                while pending > 0:
-                    msgs = await psub.fetch(min(pending, FETCH_BATCH), timeout=ACK_TIMEOUT)
-                    for msg in msgs:
-                        if not _is_tombstone(msg.headers):
-                            entries.append(
-                                Entry(
-                                    msg.subject[prefix_len:], msg.data, msg.metadata.sequence.stream
-                                )
-                            )
-                        pending = msg.metadata.num_pending
-            finally:
-                await psub.unsubscribe()
-                if name is not None:
-                    # best effort: the consumer's inactive_threshold reaps it otherwise
-                    with contextlib.suppress(Exception):
-                        await self._js.delete_consumer(self.stream(kind), name)
         return entries
+
+    async def stream_state(self, kind: str) -> StreamState | None:
+        """The state of one bucket's stream (None if the bucket does not exist)."""
+        async with nats_errors(f"reading bucket {self.buckets[kind]}"):
+            try:
+                info = await self._js.stream_info(self.stream(kind))
+            except nats.js.errors.NotFoundError:
+                return None
+        created = info.created.isoformat() if info.created is not None else ""
+        state = info.state
+        return StreamState(created, int(state.first_seq), int(state.last_seq), int(state.messages))
+
+    async def read_last_run(self) -> dict[str, Any] | None:
+        """The record of the last verified migration in ``<prefix>_meta``, if any."""
+        async with nats_errors(f"reading {self.buckets['meta']}"):
+            try:
+                entry = await self._get_raw("meta", LAST_RUN_KEY)
+            except nats.js.errors.NotFoundError:
+                return None
+        if entry is None or entry.revision < 0:
+            return None
+        try:
+            data = json.loads(entry.value)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return None  # unreadable: the migration compares everything instead
+        return data if isinstance(data, dict) else None
+
+    async def write_last_run(self, record: dict[str, Any]) -> None:
+        async with nats_errors(f"writing {self.buckets['meta']}"):
+            await self._js.publish(self.subject("meta", LAST_RUN_KEY), dumps(record).encode())
 
     async def _records(self, kind: str, filter_key: str = ">") -> list[Any]:
         records = [self._decode(kind, e) for e in await self.scan(kind, filter_key)]
@@ -460,6 +568,12 @@ class KVStore:
         async def mark() -> tuple[User, bool]:
             user, rev = await self._get("users", key)
             user = rules.require_user(user, user_id)
+            # Every check before any write: a room at the highest epoch refuses the whole
+            # revocation (a legacy orphan membership has no room to bump).
+            for entry in await self.scan("members", f"*.{key}"):
+                room, _ = await self._get("rooms", entry.key.split(".", 1)[0])
+                if room is not None:
+                    rules.bumped(room)
             if user.status == "revoked":
                 return user, False
             revoked = replace(user, status="revoked")
@@ -469,8 +583,9 @@ class KVStore:
         # Revoked first: from here on the user can get no new membership or key.
         user, was_active = await self._retry(mark)
         rooms = []
-        for entry in sorted(await self.scan("members", f"*.{key}"), key=lambda e: e.key):
-            member: Member = self._decode("members", entry)
+        found = [(self._decode("members", e), e) for e in await self.scan("members", f"*.{key}")]
+        found.sort(key=lambda pair: pair[0].pk)  # room id order, like the other stores
+        for member, entry in found:
             try:
                 await self._cas("members", entry.key, None, entry.revision)
             except _Conflict:
@@ -497,7 +612,7 @@ class KVStore:
             room, rev = await self._get("rooms", key)
             if room is None:
                 return None
-            bumped = replace(room, epoch=room.epoch + 1)
+            bumped = rules.bumped(room)
             await self._cas("rooms", key, encode_record(bumped), rev)
             return bumped
 
@@ -555,7 +670,7 @@ class KVStore:
         async def op() -> None:
             room, _ = await self._get("rooms", encode_id(room_id))
             member, rev = await self._get("members", key)
-            rules.check_remove_member(room, member, room_id, user_id)
+            rules.bumped(rules.check_remove_member(room, member, room_id, user_id))
             await self._cas("members", key, None, rev)
 
         # Membership first, then the epoch: the removed user can get no key at the new one.
@@ -684,26 +799,420 @@ class KVStore:
 
     async def publish_all(self, items: Iterable[tuple[str, bytes, dict[str, str] | None]]) -> int:
         """Publish with a bounded window of unacknowledged messages; every ack checked."""
-        pending: deque[asyncio.Future[Any]] = deque()
         count = 0
-        async with nats_errors(f"writing KV namespace {self.prefix!r}"):
-            try:
-                for subject, payload, headers in items:
-                    pending.append(
-                        await self._js.publish_async(
-                            subject, payload, headers=headers, wait_stall=ACK_TIMEOUT
-                        )
-                    )
-                    count += 1
-                    while len(pending) >= WRITE_WINDOW:
-                        await asyncio.wait_for(pending.popleft(), ACK_TIMEOUT)
-                while pending:
-                    await asyncio.wait_for(pending.popleft(), ACK_TIMEOUT)
-            except nats.js.errors.TooManyStalledMsgsError as exc:
-                raise NatsUnavailableError(
-                    f"KV namespace {self.prefix!r}: the server stopped acknowledging writes"
-                ) from exc
-            finally:
-                for fut in pending:
-                    fut.cancel()
+        async with Publisher(self) as publisher:
+            for subject, payload, headers in items:
+                await publisher.publish(subject, payload, headers)
+                count += 1
         return count
+
+
+def _backoff(tries: int) -> float:
+    return min(0.02 * tries, 0.25)
+
+
+def reply_sequence(reply: str) -> tuple[int, int]:
+    """(stream sequence, messages still pending) from a JetStream message's reply subject."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>
+        return int(tokens[5]), int(tokens[8])
+    # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>...
+    return int(tokens[7]), int(tokens[10])
+
+
+def _status(msg: Any) -> str | None:
+    headers = msg.headers
+    if headers:
+        status = headers.get("Status")
+        if status:
+            return str(status)
+    return None
+
+
+class BulkReader:
+    """Read a whole bucket through an ephemeral pull consumer, in batches.
+
+    ``async with BulkReader(store, kind) as reader: async for batch in reader:``
+    gives lists of ``(key, value, reply subject)`` of every live key (tombstones are
+    skipped), in stream order; :func:`reply_sequence` reads a message's stream
+    sequence (its revision) from the reply subject. The consumer delivers the last message per
+    subject from the stream leader, so the read is never stale (no direct get, which
+    a lagging replica may answer) and its state is the bucket's as of the start:
+    reading stops at the stream's last sequence of that moment.
+
+    nats-py's ``fetch`` costs several asyncio tasks and timers per message; this
+    keeps :data:`PULL_DEPTH` pull requests of :data:`FETCH_BATCH` outstanding on one
+    inbox with a plain callback, which reads an order of magnitude faster. Memory is
+    bounded by the requests in flight. Besides ``async for``, :meth:`take` and
+    :meth:`wait` let a caller do other work while messages arrive.
+    """
+
+    def __init__(
+        self, store: KVStore, kind: str, filter_key: str = ">", batch: int = FETCH_BATCH
+    ) -> None:
+        self._store = store
+        self._nc = store._nc
+        self._kind = kind
+        self._stream = store.stream(kind)
+        self._filter = store.subject(kind, filter_key)
+        self._prefix_len = len(store.subject(kind, ""))
+        self._batch = batch
+        self._where = f"reading {store.buckets[kind]}"
+        self._name: str | None = None
+        self._sub: Any = None
+        self._buf: list[tuple[str, bytes, str]] = []
+        self._requests: deque[int] = deque()
+        self._outstanding = 0
+        self._horizon = 0
+        self._expected = 0
+        self._done = False
+        self._check = False
+        self._unanswered = 0
+        self._error: MembershipError | None = None
+        self._wake = asyncio.Event()
+        self._max_bytes = max(PULL_MAX_BYTES, int(self._nc.max_payload) + 64 * 1024)
+        self._reconnects = 0
+        self.delivered = 0
+
+    async def __aenter__(self) -> BulkReader:
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=api.AckPolicy.NONE,
+            filter_subject=self._filter,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=30.0,
+        )
+        js = self._store._js
+        async with nats_errors(self._where):
+            try:
+                info = await js.stream_info(self._stream)
+            except nats.js.errors.NotFoundError:
+                raise StoreError(
+                    f"bucket {self._store.buckets[self._kind]} does not exist"
+                ) from None
+            self._horizon = int(info.state.last_seq)
+            self._reconnects = self._nc.stats["reconnects"]
+            consumer = await js.add_consumer(self._stream, config)
+            self._name = consumer.name
+            self._expected = int(consumer.num_pending or 0)
+            if not consumer.num_pending or self._horizon == 0:
+                self._done = True
+                return self
+            inbox = self._nc.new_inbox()
+            self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self._name}"
+            self._inbox = inbox
+            self._sub = await self._nc.subscribe(
+                inbox,
+                cb=self._on_msg,
+                pending_msgs_limit=(PULL_DEPTH + 2) * self._batch,
+                pending_bytes_limit=256 * 1024 * 1024,
+            )
+            await self._top_up()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        if self._name is not None:
+            # best effort: the consumer's inactive_threshold reaps it otherwise
+            with contextlib.suppress(Exception):
+                await self._store._js.delete_consumer(self._stream, self._name)
+
+    async def _request(self) -> None:
+        self._requests.append(self._batch)
+        self._outstanding += self._batch
+        payload = json.dumps(
+            {"batch": self._batch, "max_bytes": self._max_bytes, "expires": PULL_EXPIRES_NS}
+        )
+        await self._nc.publish(self._next_subject, payload.encode(), reply=self._inbox)
+
+    async def _on_msg(self, msg: Any) -> None:
+        # Runs once per message: keep it lean, and never raise (nats-py would swallow it).
+        if self._done:
+            return
+        try:
+            status = _status(msg)
+            if status is not None:
+                if status == "409":
+                    description = str((msg.headers or {}).get("Description", ""))
+                    if "Batch Completed" in description:  # its count is used up: the
+                        return  # request left the books with its last message
+                    if "MaxBytes" in description:  # its bytes are used up: ask again
+                        if self._requests:
+                            self._outstanding -= self._requests.popleft()
+                        await self._top_up()
+                        return
+                if status in ("404", "408", "503"):  # a request ran out, or found no consumer
+                    if self._requests:  # (yet: a new one on a cluster): is anything left?
+                        self._outstanding -= self._requests.popleft()
+                    if status == "503":
+                        self._unanswered += 1
+                    self._check = True
+                    self._wake.set()
+                    return
+                if status != "100":  # 409: consumer deleted, leadership change ...
+                    description = (msg.headers or {}).get("Description", "")
+                    self._error = StoreError(
+                        f"{self._where}: the server ended the read ({status} {description}); "
+                        "rerun the command"
+                    )
+                    self._wake.set()
+                    return
+            else:
+                self.delivered += 1
+                self._outstanding -= 1
+                if self._requests:
+                    self._requests[0] -= 1
+                    if self._requests[0] <= 0:
+                        self._requests.popleft()
+                headers = msg.headers
+                reply = msg.reply
+                if not (headers and headers.get(_KV_OP) in ("DEL", "PURGE")):
+                    self._buf.append((msg.subject[self._prefix_len :], msg.data, reply))
+                if self.delivered >= self._expected:  # the end is near: where are we?
+                    seq, pending = reply_sequence(reply)
+                    if pending == 0 or seq >= self._horizon:
+                        self._done = True
+                        self._wake.set()
+                        return
+                if len(self._buf) >= self._batch:
+                    self._wake.set()
+            await self._top_up()
+        except Exception as exc:  # a malformed reply subject, a lost connection ...
+            self._error = StoreError(f"{self._where}: {exc.__class__.__name__} while reading")
+            self._wake.set()
+
+    def __aiter__(self) -> AsyncIterator[list[tuple[str, bytes, str]]]:
+        return self._batches()
+
+    async def _batches(self) -> AsyncIterator[list[tuple[str, bytes, str]]]:
+        while True:
+            await self.wait()
+            batch = await self.take()
+            if not batch:
+                return
+            yield batch
+
+    def _check_connection(self) -> None:
+        """Messages in flight when the connection dropped are lost without a trace (the
+        consumer counts them as delivered): a read that spans a reconnect is void."""
+        if self._error is None and self._nc.stats["reconnects"] != self._reconnects:
+            self._error = NatsUnavailableError(
+                f"{self._where}: the connection to the server was lost during the read "
+                "(a server cuts off a client that falls behind: look for 'Slow Consumer' in "
+                "its log); rerun the command"
+            )
+
+    async def take(self) -> list[tuple[str, bytes, str]]:
+        """Whatever has arrived since the last call (maybe nothing); never waits for it."""
+        self._check_connection()
+        if self._error is not None:
+            raise self._error
+        batch, self._buf = self._buf, []
+        if not self._done:
+            async with nats_errors(self._where):
+                await self._top_up()
+        return batch
+
+    async def _top_up(self) -> None:
+        """Keep the server busy, but never more than PULL_DEPTH batches ahead of the
+        caller: what has arrived and not been taken counts too, so memory is bounded."""
+        while self._outstanding + len(self._buf) <= (PULL_DEPTH - 1) * self._batch:
+            await self._request()
+
+    @property
+    def finished(self) -> bool:
+        """Everything has been read and taken."""
+        return self._done and not self._buf
+
+    async def wait(self) -> None:
+        """Wait until entries have arrived or the read is over; raise if it failed."""
+        idle = 0.0
+        while not self._buf and not self._done:
+            self._check_connection()
+            if self._error is not None:
+                raise self._error
+            if self._check:
+                self._check = False
+                if await self._nothing_left():
+                    self._done = True
+                continue
+            self._wake.clear()
+            try:  # in slices, so that a reconnect (see _check_connection) ends it early
+                await asyncio.wait_for(self._wake.wait(), _WAIT_SLICE)
+                idle = 0.0
+            except TimeoutError:
+                idle += _WAIT_SLICE
+                if self._buf or self._done or self._error is not None or self._check:
+                    continue
+                if idle < ACK_TIMEOUT * 1.5:
+                    continue
+                raise NatsUnavailableError(
+                    f"{self._where}: the server sent nothing for {ACK_TIMEOUT * 1.5:g} s; "
+                    "rerun when it is back"
+                ) from None
+        self._check_connection()
+        if self._error is not None:
+            raise self._error
+
+    async def _nothing_left(self) -> bool:
+        """After a pull request ran out: ask the consumer; request more if it has more."""
+        if self._unanswered:
+            if self._unanswered > _NO_RESPONDER_RETRIES:
+                raise NatsUnavailableError(
+                    f"{self._where}: the consumer never answered; rerun when the cluster is settled"
+                )
+            await asyncio.sleep(_backoff(self._unanswered))  # then ask again
+        async with nats_errors(self._where):
+            assert self._name is not None
+            info = await self._store._js.consumer_info(self._stream, self._name)
+            if not info.num_pending:
+                return True
+            await self._top_up()
+        return False
+
+
+class Publisher:
+    """Pipelined JetStream publishes: a bounded window in flight, every ack checked.
+
+    ``async with Publisher(store) as p: await p.publish(subject, payload)``; leaving
+    the block waits for every acknowledgement. An ack that reports an error, or a
+    server that stops acknowledging, raises (naming the subject), so nothing is
+    silently dropped.
+
+    nats-py's ``publish_async`` creates a future, a task and a token per message and
+    yields to the event loop on each, which makes every message its own socket
+    write; this sends plain publishes with a numbered reply subject on one inbox,
+    so they leave in large writes and each ack costs one small callback.
+    """
+
+    def __init__(self, store: KVStore, window: int = WRITE_WINDOW) -> None:
+        self._store = store
+        self._nc = store._nc
+        self._window = window
+        self._low = window // 2
+        self._where = f"writing KV namespace {store.prefix!r}"
+        self._subjects: dict[int, tuple[str, bytes, dict[str, str] | None]] = {}
+        self._retries: dict[int, int] = {}
+        self._sent = 0
+        self.acked = 0
+        self._error: MembershipError | None = None
+        self._wake = asyncio.Event()
+        self._sub: Any = None
+        self._prefix = ""
+
+    async def __aenter__(self) -> Publisher:
+        self._prefix = self._nc.new_inbox()
+        async with nats_errors(self._where):
+            self._sub = await self._nc.subscribe(
+                f"{self._prefix}.*",
+                cb=self._on_ack,
+                pending_msgs_limit=2 * self._window + 16,
+                pending_bytes_limit=64 * 1024 * 1024,
+            )
+        return self
+
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                await self.flush()
+        finally:
+            if self._sub is not None:
+                with contextlib.suppress(Exception):
+                    await self._sub.unsubscribe()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._subjects)
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        if self._error is not None:
+            raise self._error
+        if len(self._subjects) >= self._window:
+            await self._wait_until(self._low)
+        self._sent += 1
+        self._subjects[self._sent] = (subject, payload, headers)
+        try:
+            await self._nc.publish(
+                subject, payload, reply=f"{self._prefix}.{self._sent}", headers=headers
+            )
+        except Exception as exc:  # translated on this rare path only: it runs per message
+            async with nats_errors(f"{self._where} ({subject})"):
+                raise exc
+
+    async def flush(self) -> None:
+        """Wait for every outstanding acknowledgement."""
+        async with nats_errors(self._where):
+            await self._nc.flush(int(ACK_TIMEOUT))
+        await self._wait_until(0)
+
+    async def _wait_until(self, in_flight: int) -> None:
+        while len(self._subjects) > in_flight:
+            if self._error is not None:
+                raise self._error
+            self._wake.clear()
+            acked = self.acked
+            try:
+                await asyncio.wait_for(self._wake.wait(), ACK_TIMEOUT)
+            except TimeoutError:
+                if self.acked == acked:
+                    raise NatsUnavailableError(
+                        f"{self._where}: the server stopped acknowledging writes "
+                        f"({len(self._subjects)} unacknowledged); rerun when it is back"
+                    ) from None
+        if self._error is not None:
+            raise self._error
+
+    async def _on_ack(self, msg: Any) -> None:
+        try:
+            number = int(msg.subject[len(self._prefix) + 1 :])
+        except ValueError:
+            return
+        sent = self._subjects.get(number)
+        if sent is None:
+            return  # not ours, or a duplicate
+        subject = sent[0]
+        data = msg.data
+        status = _status(msg)
+        if status == "503" and self._retries.get(number, 0) < _NO_RESPONDER_RETRIES:
+            # No stream took it (a bucket just created on a cluster has no leader yet):
+            # nothing was stored, so sending it again cannot duplicate it.
+            tries = self._retries[number] = self._retries.get(number, 0) + 1
+            await asyncio.sleep(_backoff(tries))
+            try:
+                await self._nc.publish(
+                    subject, sent[1], reply=f"{self._prefix}.{number}", headers=sent[2]
+                )
+            except Exception as exc:
+                self._error = self._error or NatsUnavailableError(
+                    f"{self._where}: lost the server while resending {subject} "
+                    f"({exc.__class__.__name__})"
+                )
+                self._wake.set()
+            return
+        del self._subjects[number]
+        self._retries.pop(number, None)
+        if status is not None:
+            if self._error is None:
+                self._error = StoreError(
+                    f"{self._where}: no JetStream stream answered for {subject} "
+                    f"(status {status}); does the bucket exist?"
+                    if status == "503"
+                    else f"{self._where}: the server answered {subject} with status {status}"
+                )
+        elif b'"error"' in data:
+            if self._error is None:
+                try:
+                    error = json.loads(data)["error"]
+                    text = f"{error.get('err_code')}: {error.get('description')}"
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    text = "unreadable error"
+                self._error = StoreError(f"{self._where}: JetStream refused {subject} ({text})")
+        else:
+            self.acked += 1
+        if len(self._subjects) <= self._low or self._error is not None:
+            self._wake.set()

@@ -54,18 +54,20 @@ class MemoryStore:
         validate_id(user_id, "user id")
         user = rules.require_user(self._users.get(user_id), user_id)
         was_active = user.status == "active"
+        memberships = sorted(k for k in self._members if k[1] == user_id)
+        # Every check before any write: a refused bump must leave everything as it was.
+        # A legacy orphan membership has no room to bump.
+        rooms = [
+            rules.bumped(self._rooms[room_id])
+            for room_id, _ in memberships
+            if room_id in self._rooms
+        ]
         user = replace(user, status="revoked")
         self._users[user_id] = user
-        rooms = []
-        for room_id, member_id in sorted(self._members):
-            if member_id != user_id:
-                continue
-            del self._members[(room_id, member_id)]
-            room = self._rooms.get(room_id)
-            if room is not None:  # a legacy orphan membership has no room to bump
-                room = replace(room, epoch=room.epoch + 1)
-                self._rooms[room_id] = room
-                rooms.append(room)
+        for key in memberships:
+            del self._members[key]
+        for room in rooms:
+            self._rooms[room.id] = room
         return Revocation(user, tuple(rooms), was_active)
 
     async def get_user(self, user_id: str) -> User | None:
@@ -109,8 +111,8 @@ class MemoryStore:
         room = rules.check_remove_member(
             self._rooms.get(room_id), self._members.get((room_id, user_id)), room_id, user_id
         )
+        room = rules.bumped(room)
         del self._members[(room_id, user_id)]
-        room = replace(room, epoch=room.epoch + 1)
         self._rooms[room_id] = room
         return room
 
@@ -123,8 +125,7 @@ class MemoryStore:
 
     async def rekey(self, room_id: str) -> Room:
         validate_id(room_id, "room id")
-        room = rules.require_room(self._rooms.get(room_id), room_id)
-        room = replace(room, epoch=room.epoch + 1)
+        room = rules.bumped(rules.require_room(self._rooms.get(room_id), room_id))
         self._rooms[room_id] = room
         return room
 

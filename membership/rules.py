@@ -12,10 +12,13 @@ membership, then duplicates.
 
 from __future__ import annotations
 
-from .errors import AlreadyExistsError, NotFoundError, RevokedUserError
-from .model import Member, Room, User
+from dataclasses import replace
+
+from .errors import AlreadyExistsError, InvariantError, NotFoundError, RevokedUserError
+from .model import MAX_INT, Member, Room, User
 
 __all__ = [
+    "bumped",
     "check_add_member",
     "check_create_room",
     "check_new_user",
@@ -102,3 +105,13 @@ def check_put_sealed_key(
             f"{found_room.epoch} already exists; `membershipd room rekey` starts a new epoch"
         )
     return found_room
+
+
+def bumped(room: Room) -> Room:
+    """The room at its next epoch; refused (before anything is written) at the last one."""
+    if room.epoch >= MAX_INT:
+        raise InvariantError(
+            f"room {room.id!r} is at the highest epoch there is ({room.epoch}); "
+            "it cannot move to a new epoch"
+        )
+    return replace(room, epoch=room.epoch + 1)

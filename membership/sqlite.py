@@ -88,6 +88,53 @@ _SELECT: Final = {
     "sealed_keys": "SELECT room_id, epoch, user_id, sealed_key FROM sealed_keys "
     "ORDER BY room_id, epoch, user_id",
 }
+_TEXT_ID = "(typeof({0}) = 'text' AND length(CAST({0} AS BLOB)) BETWEEN 1 AND 128)"
+_POSITIVE = "(typeof({0}) = 'integer' AND {0} >= 1)"
+_DOMAIN: Final = {
+    "users": " AND ".join(
+        (
+            _TEXT_ID.format("id"),
+            "typeof(public_key) = 'blob' AND length(public_key) = 32",
+            "typeof(status) = 'text' AND status IN ('active', 'revoked')",
+            "typeof(created_at) = 'integer' AND created_at >= 0",
+        )
+    ),
+    "rooms": " AND ".join(
+        (
+            _TEXT_ID.format("id"),
+            _POSITIVE.format("epoch"),
+            "typeof(created_at) = 'integer' AND created_at >= 0",
+        )
+    ),
+    "members": " AND ".join(
+        (
+            _TEXT_ID.format("room_id"),
+            _TEXT_ID.format("user_id"),
+            "typeof(role) = 'text' AND role IN ('owner', 'member')",
+            _POSITIVE.format("joined_epoch"),
+        )
+    ),
+    "sealed_keys": " AND ".join(
+        (
+            _TEXT_ID.format("room_id"),
+            _POSITIVE.format("epoch"),
+            _TEXT_ID.format("user_id"),
+            "typeof(sealed_key) = 'blob' AND length(sealed_key) BETWEEN 1 AND 4096",
+        )
+    ),
+}
+"""Each record's field domains as one SQL expression: the same rules as the record
+constructors (and the table CHECKs), evaluated by SQLite while it scans."""
+_CHECKED_SELECT: Final = {
+    kind: sql.replace(" FROM", f", ({_DOMAIN[kind]}) FROM", 1) for kind, sql in _SELECT.items()
+}
+_WIDTH: Final = {"users": 4, "rooms": 3, "members": 4, "sealed_keys": 4}
+_TEXT_SELECT: Final = {
+    "users": "SELECT id, status FROM users",
+    "rooms": "SELECT id FROM rooms",
+    "members": "SELECT room_id, user_id, role FROM members",
+    "sealed_keys": "SELECT room_id, user_id FROM sealed_keys",
+}
 _RECORD: Final[dict[str, Callable[..., Any]]] = {
     "users": User,
     "rooms": Room,
@@ -109,9 +156,13 @@ def translate_errors(path: Path | str) -> Iterator[None]:
         raise
     except sqlite3.DatabaseError as exc:
         text = str(exc)
-        if "file is not a database" in text or "malformed" in text:
+        if "file is not a database" in text:
             raise SchemaError(
                 f"{path} is not a membership database (SQLite says: {text}); check the --db path"
+            ) from exc
+        if "malformed" in text:
+            raise SchemaError(
+                f"{path} is damaged (SQLite says: {text}); restore it from a backup"
             ) from exc
         if "Could not decode to UTF-8" in text:
             raise DataError(
@@ -314,7 +365,7 @@ class SQLiteStore:
         return member
 
     def _bump(self, conn: sqlite3.Connection, room: Room) -> Room:
-        bumped = replace(room, epoch=room.epoch + 1)
+        bumped = rules.bumped(room)
         conn.execute("UPDATE rooms SET epoch = ? WHERE id = ?", (bumped.epoch, room.id))
         return bumped
 
@@ -497,6 +548,104 @@ class SQLiteStore:
         with translate_errors(self.path):
             for row in self._conn.execute(_SELECT[kind]):
                 yield self._make(kind, row)
+
+    def iter_rows(self, kind: str, *, checked: bool = False) -> Iterator[tuple[Any, ...]]:
+        """Stream one table's rows in primary-key order as tuples of the record's fields.
+
+        The fast path of the migration: no record object per row. Every row is still
+        checked against its record's field domains -- by SQLite, in the same scan
+        (:data:`_DOMAIN`) -- and a row outside them raises the same
+        :class:`DataError` that :meth:`iter_records` raises. Call it inside a
+        transaction (:meth:`consistent_read`) to see one moment across tables;
+        ``checked`` skips the domain check for a table :meth:`check_rows` has already
+        passed in that same transaction.
+        """
+        width = _WIDTH[kind]
+        if checked:
+            if not self._conn.in_transaction:
+                raise StoreError("iter_rows(checked=True) needs the transaction check_rows ran in")
+            with translate_errors(self.path):
+                # a for loop, not ``yield from``: closing this generator after the database
+                # (a run that failed half-way) must not try to close the cursor
+                for row in self._conn.execute(_SELECT[kind]):
+                    yield row
+            return
+        with translate_errors(self.path):
+            for row in self._conn.execute(_CHECKED_SELECT[kind]):
+                if not row[width]:
+                    self._make(kind, row[:width])  # raises the precise DataError
+                    raise DataError(f"{self.path}: a {kind} row is out of its domain")
+                yield row[:width]
+
+    def check_rows(self, kind: str) -> int:
+        """Check one table's rows against their record domains; return how many there are.
+
+        Cheaper than reading them: SQLite counts the rows outside the domains itself
+        (:data:`_DOMAIN`; if there are any, the first one raises the precise
+        :class:`DataError`), and only the TEXT columns come to Python, where each
+        value is decoded once -- text that is not UTF-8 raises :class:`DataError`.
+        """
+        with translate_errors(self.path):
+            outside = self._conn.execute(
+                f"SELECT count(*) FROM {kind} WHERE NOT ({_DOMAIN[kind]})"
+            ).fetchone()[0]
+            if outside:
+                for _ in self.iter_rows(kind):
+                    pass
+                raise DataError(f"{self.path}: {outside} {kind} row(s) are out of their domain")
+            rows = 0
+            cursor = self._conn.execute(_TEXT_SELECT[kind])
+            while batch := cursor.fetchmany(4096):
+                rows += len(batch)
+            return rows
+
+    def count(self, kind: str) -> int:
+        """The number of rows of one table (inside the caller's transaction, if any)."""
+        if kind not in _SELECT:
+            raise InvalidInputError(f"unknown record kind {kind!r}")
+        with translate_errors(self.path):
+            return int(self._conn.execute(f"SELECT count(*) FROM {kind}").fetchone()[0])
+
+    @contextmanager
+    def consistent_read(self, while_locked: Callable[[], Any] | None = None) -> Iterator[None]:
+        """Pin one moment of the database for every read inside the block.
+
+        Takes the write lock (``BEGIN IMMEDIATE``) on a second connection, starts a
+        read transaction on this one and reads, which fixes its snapshot at a moment
+        no writer can change; runs ``while_locked`` (the backup, which then shows that
+        very moment) and releases the lock. In WAL mode writers go on from there
+        while this connection keeps reading the pinned moment, for as long as the
+        block lasts; in rollback-journal mode they wait for the block (busy timeout)
+        or fail visibly. The file is never modified: both transactions only read.
+        """
+        with translate_errors(self.path):
+            if self._conn.in_transaction:
+                raise StoreError(f"{self.path}: a transaction is already open")
+            locker = _connect(self.path, "rw")
+            try:
+                locker.execute("BEGIN IMMEDIATE")
+                try:
+                    self._conn.execute("BEGIN")
+                    try:
+                        self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                        if while_locked is not None:
+                            while_locked()
+                    except BaseException:
+                        self._conn.execute("ROLLBACK")
+                        raise
+                finally:
+                    locker.execute("ROLLBACK")
+            finally:
+                locker.close()
+        try:
+            yield
+        finally:
+            self._end_read()
+
+    def _end_read(self) -> None:
+        if self._conn.in_transaction:
+            with translate_errors(self.path):
+                self._conn.execute("ROLLBACK")
 
     def read_snapshot(self) -> Snapshot:
         """The whole state in one read transaction (or the caller's transaction)."""

@@ -45,3 +45,39 @@ async def outcome(coro: Any) -> tuple[str, Any]:
         return ("ok", await coro)
     except MembershipError as exc:
         return ("error", (type(exc).__name__, str(exc)))
+
+
+def bulk_fill(db: Path, users: int, rooms: int, epochs: int = 1, label: str = "u") -> int:
+    """Write a valid control plane straight into an initialised database, fast (raw SQL).
+
+    Every user is a member of every room ``n % rooms``; each room is at ``epochs`` with a
+    sealed key per member per epoch. Returns the number of records written.
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            conn.executemany(
+                "INSERT INTO users VALUES (?, ?, 'active', ?)",
+                ((f"{label}{n:07}", n.to_bytes(32, "big"), n) for n in range(users)),
+            )
+            conn.executemany(
+                "INSERT INTO rooms VALUES (?, ?, ?)",
+                ((f"room{r:05}", epochs, r) for r in range(rooms)),
+            )
+            conn.executemany(
+                "INSERT INTO members VALUES (?, ?, 'member', 1)",
+                ((f"room{n % rooms:05}", f"{label}{n:07}") for n in range(users)),
+            )
+            conn.executemany(
+                "INSERT INTO sealed_keys VALUES (?, ?, ?, ?)",
+                (
+                    (f"room{n % rooms:05}", e, f"{label}{n:07}", (n * 31 + e).to_bytes(48, "big"))
+                    for n in range(users)
+                    for e in range(1, epochs + 1)
+                ),
+            )
+    finally:
+        conn.close()
+    return users * (2 + epochs) + rooms

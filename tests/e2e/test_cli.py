@@ -179,7 +179,11 @@ COMMANDS = [
     ["export"],
     ["migrate-to-kv"],
     ["verify"],
+    ["inspect"],
     ["demo"],
+    ["cluster", "certs"],
+    ["cluster", "config"],
+    ["cluster", "run"],
 ]
 
 
