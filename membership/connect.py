@@ -272,7 +272,7 @@ async def connect_nats(target: NatsTarget, *, name: str = "membershipd") -> Clie
     finally:
         failed.cancel()
     # Connected: ride out short disconnects during long runs, but still end within seconds.
-    nc.options["max_reconnect_attempts"] = 5
+    nc.options["max_reconnect_attempts"] = 10
     nc.options["reconnect_time_wait"] = 0.5
     return nc
 

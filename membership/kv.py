@@ -112,6 +112,12 @@ PULL_EXPIRES_NS: Final = 2_000_000_000
 """A pull request the server cannot fill ends after 2 s; the reader then asks the
 consumer what is left (messages deleted during the read never arrive)."""
 _WAIT_SLICE: Final = 0.25
+_RESEND_EVERY: Final = 2.0
+"""Seconds without any acknowledgement after which unacknowledged writes are sent again."""
+WRITE_SILENCE: Final = ACK_TIMEOUT
+"""Seconds without any acknowledgement after which a run gives up (exit 1; a re-run
+converges). Losing a stream's leader mid-run in a cluster ends here today: the resends
+are not answered within this time (see the note on issue 6)."""
 LAST_RUN_KEY: Final = "last_verified_run"
 """The key in ``<prefix>_meta`` of the record of the last verified migration."""
 _TOKEN_CACHE: Final = 100_000
@@ -1102,9 +1108,12 @@ class Publisher:
         self._wake = asyncio.Event()
         self._sub: Any = None
         self._prefix = ""
+        self._reconnects = 0
+        self.resent = 0
 
     async def __aenter__(self) -> Publisher:
         self._prefix = self._nc.new_inbox()
+        self._reconnects = self._nc.stats["reconnects"]
         async with nats_errors(self._where):
             self._sub = await self._nc.subscribe(
                 f"{self._prefix}.*",
@@ -1150,16 +1159,47 @@ class Publisher:
             await self._nc.flush(int(ACK_TIMEOUT))
         await self._wait_until(0)
 
+    async def _resend_after_reconnect(self, force: bool = False) -> bool:
+        """After a reconnect (or, with ``force``, a silence), send again every message not
+        yet acknowledged.
+
+        Whatever was on the wire when the connection dropped (or on a server that died)
+        may be lost, or stored with its acknowledgement lost: a second put of the same
+        value (or delete) leaves the bucket as the first would, and a late duplicate ack is
+        ignored. So a short disconnect, or losing a node of a cluster (the one connected
+        to, or a stream leader whose proposals died with it), costs a resend, not the run.
+        """
+        reconnects = self._nc.stats["reconnects"]
+        if reconnects == self._reconnects and not force:
+            return False
+        self._reconnects = reconnects
+        for number, (subject, payload, headers) in list(self._subjects.items()):
+            async with nats_errors(f"{self._where} ({subject})"):
+                await self._nc.publish(
+                    subject, payload, reply=f"{self._prefix}.{number}", headers=headers
+                )
+            self.resent += 1
+        return True
+
     async def _wait_until(self, in_flight: int) -> None:
+        idle = 0.0
+        acked = self.acked
         while len(self._subjects) > in_flight:
             if self._error is not None:
                 raise self._error
+            if await self._resend_after_reconnect():
+                idle = 0.0
             self._wake.clear()
-            acked = self.acked
-            try:
-                await asyncio.wait_for(self._wake.wait(), ACK_TIMEOUT)
+            try:  # in slices, so that a reconnect is noticed at once
+                await asyncio.wait_for(self._wake.wait(), _WAIT_SLICE)
             except TimeoutError:
-                if self.acked == acked:
+                if self.acked != acked:
+                    acked, idle = self.acked, 0.0
+                    continue
+                idle += _WAIT_SLICE
+                if idle % _RESEND_EVERY == 0:  # silence: a stream leader may have died
+                    await self._resend_after_reconnect(force=True)
+                if idle >= WRITE_SILENCE:
                     raise NatsUnavailableError(
                         f"{self._where}: the server stopped acknowledging writes "
                         f"({len(self._subjects)} unacknowledged); rerun when it is back"

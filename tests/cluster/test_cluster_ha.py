@@ -163,3 +163,60 @@ def test_r1_bucket_on_a_lost_node_is_a_clear_error_naming_that_node(
     # Back: the R1 data was unavailable, not lost.
     cluster.wait_streams_led(prefix, BUCKETS)
     assert "equal" in ok(cli("verify", "--db", str(db), "--nats-url", cluster.url, *kv)).stdout
+
+
+def _keys_written(cluster: Cluster, prefix: str) -> int:
+    """Messages in the namespace's sealed-key stream, as its leader reports them."""
+    for node in cluster.running():
+        data = node.get_json("/jsz?streams=true")
+        for account in data.get("account_details") or []:
+            for stream in account.get("stream_detail") or []:
+                if (
+                    stream["name"] == f"KV_{prefix}_keys"
+                    and (stream.get("cluster") or {}).get("leader") == node.name
+                ):
+                    return int(stream["state"]["last_seq"])
+    return 0
+
+
+def test_a_node_killed_mid_migration_into_r3_loses_nothing(
+    cli, sqlite_db: Path, nats_cluster: Cluster
+) -> None:
+    """Issue 6, point 3: the run completes, or fails cleanly and a re-run completes; parity
+    holds on the survivors."""
+    from fixtures.plugin import membershipd_command
+    from tests.helpers import bulk_fill
+
+    cluster, prefix = nats_cluster, unique_prefix("mid")
+    bulk_fill(sqlite_db, users=3000, rooms=30, epochs=4)  # 3000 * 6 + 30 records
+    kv = ["--bucket-prefix", prefix]
+    proc = subprocess.Popen(
+        [*membershipd_command(), "migrate-to-kv", "--db", str(sqlite_db), "--nats-url",
+         cluster.url, "--replicas", "3", "--no-backup", "--json", *kv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        from fixtures.cluster import poll_until
+
+        poll_until(lambda: _keys_written(cluster, prefix) > 0 or proc.poll() is not None,
+                   60, "the first sealed keys in the R3 bucket")  # fmt: skip
+        assert proc.poll() is None, "the migration ended before a node could be killed"
+        leader = cluster.streams(prefix)[f"KV_{prefix}_keys"]["leader"]
+        with node_stopped(cluster, leader, signal.SIGKILL):
+            out, err = proc.communicate(timeout=120)  # bounded: it ends on its own
+            if proc.returncode != 0:  # failed cleanly: one line, exit 1
+                assert proc.returncode == 1, err
+                assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+            survivors = ",".join(n.url for n in cluster.running())
+            cluster.wait_streams_led(prefix, BUCKETS)
+            again = migrate(cli, sqlite_db, survivors, prefix, 3)  # converges on two nodes
+            assert again["verified"] is True
+            if proc.returncode == 0:
+                assert json.loads(out)["verified"] is True
+                assert sum(c["written"] for c in again["records"].values()) == 0
+            verified = ok(cli("verify", "--db", str(sqlite_db), "--nats-url", survivors, *kv))
+            assert "equal" in verified.stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

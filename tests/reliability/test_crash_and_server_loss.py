@@ -207,3 +207,31 @@ def test_server_stopped_mid_migration_fails_cleanly_then_converges(
         )
     finally:
         restarted.stop()
+
+
+def test_a_short_server_restart_is_ridden_out_without_losing_a_write(
+    big_db: Path, server: EmbeddedServer, cli: Cli, tmp_path: Path
+) -> None:
+    """A disconnect shorter than the reconnect window (about 5 s): the run reconnects, sends
+    again what was not acknowledged, and completes with every record in KV."""
+    proc = start_migration(big_db, server.url, tmp_path, "--no-backup")
+    try:
+        poll(lambda: kv_written(server) > 0 or proc.poll() is not None, 120, "the first writes")
+        assert proc.poll() is None, "the migration ended before the server could be restarted"
+        port, store = server.port, server.store_dir
+        server.stop()
+        server = EmbeddedServer(store_dir=store, port=port, monitor_port=0)
+        server.start()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    try:
+        assert proc.returncode == 0, err
+        assert json.loads(out)["verified"] is True
+        verify = cli("verify", "--db", str(big_db), "--nats-url", server.url,
+                     "--bucket-prefix", "crash")  # fmt: skip
+        assert verify.returncode == 0, verify.stdout[:2000]
+    finally:
+        server.stop()
