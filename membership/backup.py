@@ -5,15 +5,17 @@ into a hidden temporary name created 0600, is checked with ``PRAGMA
 integrity_check``, flushed to disk, and only then linked to its final name, which
 fails rather than overwrite anything. So a file with the final name is always a
 complete backup; a killed run leaves only a ``.partial`` file, which the next run
-in the same directory removes.
+on the same database removes (:func:`remove_stale_partials`, with or without
+``--no-backup``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
+import re
 import sqlite3
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -21,7 +23,13 @@ from typing import Final
 from .errors import BackupExistsError, StoreError
 from .sqlite import translate_errors
 
-__all__ = ["PARTIAL_SUFFIX", "backup_sqlite", "check_backup_target", "default_backup_path"]
+__all__ = [
+    "PARTIAL_SUFFIX",
+    "backup_sqlite",
+    "check_backup_target",
+    "default_backup_path",
+    "remove_stale_partials",
+]
 
 PARTIAL_SUFFIX: Final = ".partial"
 
@@ -48,18 +56,62 @@ def check_backup_target(path: Path) -> None:
         raise StoreError(f"cannot write backup {path}: directory {path.parent} does not exist")
 
 
-def _remove_leftovers(directory: Path, patterns: tuple[str, ...]) -> None:
-    """Remove ``.partial`` files of earlier runs whose process is gone."""
-    leftovers = {p for pattern in patterns for p in directory.glob(pattern)}
-    for leftover in sorted(leftovers):
-        pid_text = leftover.name[: -len(PARTIAL_SUFFIX)].rsplit(".", 1)[-1]
-        if pid_text.isdigit() and _alive(int(pid_text)):
+_STAMP: Final = r"\d{8}T\d{6}\.\d{6}Z(?:-\d+)?"
+"""What :func:`default_backup_path` puts after ``.backup-``."""
+
+
+def _partial_name(dest_name: str) -> re.Pattern[str]:
+    """The exact name of this tool's temporary file for a backup named ``dest_name``.
+
+    ``dest_name`` is a regular expression for the final name; the result matches
+    ``.<final name>.<pid>.partial`` and captures the pid.
+    """
+    return re.compile(rf"\.{dest_name}\.(\d+){re.escape(PARTIAL_SUFFIX)}")
+
+
+def remove_stale_partials(db_path: Path) -> list[Path]:
+    """Remove what killed runs left of default backups of the database at ``db_path``.
+
+    Only files named exactly as :func:`backup_sqlite` names its temporary file for a
+    :func:`default_backup_path` of this database (``.<db>.backup-<UTC
+    timestamp>.<pid>.partial``, beside the database), only regular files, and only
+    when the run that made one is gone. A run with ``--no-backup`` calls this too, so
+    every run removes its predecessors' leftovers. Returns the files removed.
+    """
+    db_path = Path(db_path)
+    pattern = _partial_name(re.escape(f"{db_path.name}.backup-") + _STAMP)
+    return _remove_leftovers(db_path.parent, pattern)
+
+
+def _remove_leftovers(directory: Path, pattern: re.Pattern[str]) -> list[Path]:
+    """Remove the files in ``directory`` named ``pattern`` whose run is gone."""
+    removed: list[Path] = []
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return removed
+    for leftover in entries:
+        match = pattern.fullmatch(leftover.name)
+        if match is None:
+            continue
+        try:
+            info = leftover.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode) or _owner_running(int(match[1]), info.st_mtime):
             continue
         with contextlib.suppress(OSError):
             leftover.unlink()
+            removed.append(leftover)
+    return removed
 
 
-def _alive(pid: int) -> bool:
+def _owner_running(pid: int, modified: float) -> bool:
+    """Whether the run that wrote a partial file last modified at ``modified`` still runs.
+
+    A process with that pid that started after the file was last written is not its
+    writer (pids are reused), so the file is stale all the same.
+    """
     if pid == os.getpid():
         return True
     try:
@@ -67,8 +119,24 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    started = _start_time(pid)
+    return started is None or started <= modified + 1.0  # /proc/stat's boot time is in s
+
+
+def _start_time(pid: int) -> float | None:
+    """When process ``pid`` started (Unix time, from /proc), or None if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of proc(5): starttime, in clock ticks since boot
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def backup_sqlite(source: Path, dest: Path) -> Path:
@@ -79,13 +147,8 @@ def backup_sqlite(source: Path, dest: Path) -> Path:
     """
     check_backup_target(dest)
     # Default backups of this database (any timestamp) and earlier tries at this very path.
-    _remove_leftovers(
-        dest.parent,
-        (
-            f".{glob.escape(source.name)}.backup-*{PARTIAL_SUFFIX}",
-            f".{glob.escape(dest.name)}.*{PARTIAL_SUFFIX}",
-        ),
-    )
+    remove_stale_partials(source)
+    _remove_leftovers(dest.parent, _partial_name(re.escape(dest.name)))
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -17,6 +17,14 @@ or a ``tls://`` URL -- here such a server is refused before anything is sent to 
 and nats-py adds every server a cluster gossips (``connect_urls``) to its pool, so a
 cleartext loopback session could reconnect in cleartext to a remote node -- here a
 session without TLS only ever adds loopback servers.
+
+A third is closed by :class:`_TLSTransport`: nats-py upgrades a plain socket with
+``loop.start_tls`` into a fresh ``StreamReaderProtocol`` but never calls its
+``connection_made``, so asyncio's stream protocol does not know it runs over SSL and
+answers every end of session with "keep the transport open", which asyncio's SSL layer
+logs as ``returning true from eof_received() has no effect when using ssl`` -- noise on
+stderr after each successful TLS command (nats-io/nats.py#574; the fix httpcore made for
+the same bug, encode/httpx#859). Here the upgraded protocol is told its transport.
 """
 
 from __future__ import annotations
@@ -24,15 +32,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import ParseResult, SplitResult, urlsplit
 
 import nats
 import nats.errors
-from nats.aio.client import Client
+from nats.aio.client import DEFAULT_BUFFER_SIZE, Client, Srv
+from nats.aio.transport import TcpTransport
 
 from .errors import InsecureURLError, InvalidInputError, NatsUnavailableError
 
@@ -54,11 +65,24 @@ FLUSH_TIMEOUT: Final = 10.0
 
 
 def host_is_loopback(host: str) -> bool:
-    """True for ``localhost``, ``127.0.0.0/8``, ``::1`` and IPv4-mapped loopback."""
+    """True for ``localhost``, ``127.0.0.0/8``, ``::1`` and IPv4-mapped loopback.
+
+    Only these spellings count; every other one is not loopback, which is the safe
+    answer (it only means ``--ca`` is needed):
+
+    * ``localhost`` in any case, but not ``localhost.``: a trailing-dot name is absolute,
+      and whether ``/etc/hosts`` or some DNS server answers it depends on the resolver;
+      nor names under it (``x.localhost``) or look-alikes (``localhost.example.com``);
+    * IPv4 as a strict dotted quad: not ``127.1``, ``0177.0.0.1``, ``0x7f000001`` or
+      ``2130706433``, which some resolvers read as loopback and others as names;
+    * IPv6 bare or in brackets, without a zone id (``::1%lo``).
+    """
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if host.lower() in ("localhost", "localhost."):
+    if host.lower() == "localhost":
         return True
+    if "%" in host:
+        return False
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -69,11 +93,23 @@ def host_is_loopback(host: str) -> bool:
     return mapped is not None and mapped.is_loopback
 
 
+_AUTHORITY: Final = re.compile(r"(?:.*@)?(?:\[[^\[\]@]*\]|[^\[\]:@]*)(?::[0-9]*)?", re.DOTALL)
+"""``[userinfo@]host[:port]``, the host after the last ``@``: urlsplit tolerates more
+(``[::1]x``, ``[::1]]``) and reads a host out of it; such a URL is malformed here."""
+
+
 def _split(url: str) -> SplitResult | None:
+    """``url`` (stripped) split, or None if it is malformed."""
+    text = url.strip()
+    # urlsplit silently drops tabs and newlines inside a URL; here they make it malformed.
+    if any(c.isspace() or not c.isprintable() for c in text):
+        return None
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(text)
         parts.port  # noqa: B018  (raises ValueError for a bad port)
     except ValueError:
+        return None
+    if not _AUTHORITY.fullmatch(parts.netloc):
         return None
     return parts
 
@@ -82,26 +118,26 @@ def is_loopback_url(url: object) -> bool:
     """True only if ``url`` is a well-formed URL whose host is this machine.
 
     ``localhost``, ``127.0.0.0/8``, ``::1`` and IPv4-mapped loopback
-    (``::ffff:127.0.0.1``) count; anything else does, malformed URLs, empty hosts
-    and look-alikes such as ``localhost.example.com`` or ``127.0.0.1.nip.io`` not.
+    (``::ffff:127.0.0.1``) count, spelled as :func:`host_is_loopback` says; anything
+    else does not: malformed URLs, empty hosts, ``localhost.``, and look-alikes such
+    as ``localhost.example.com``, ``127.0.0.1.nip.io`` or ``127.0.0.1@evil``.
     """
     if not isinstance(url, str):
         return False
     parts = _split(url)
     if parts is None or not parts.hostname or not parts.scheme:
         return False
-    # urlsplit keeps zone ids and brackets out of hostname; reject anything odd.
-    host = parts.hostname
-    if "%" in host:
-        return False
-    return host_is_loopback(host)
+    return host_is_loopback(parts.hostname)
 
 
 def split_nats_urls(value: str) -> list[str]:
     """``--nats-url`` takes one URL or a comma-separated seed list of a cluster."""
     urls = [u.strip() for u in value.split(",")]
     if not value.strip() or any(not u for u in urls):
-        raise InvalidInputError(f"--nats-url {value!r} is empty or has an empty entry")
+        raise InvalidInputError(
+            f"--nats-url {','.join(_redact(u) for u in value.split(','))!r} is empty or "
+            "has an empty entry (a stray comma?)"
+        )
     return urls
 
 
@@ -129,13 +165,25 @@ def check_nats_url(value: str, ca: str | Path | None) -> list[str]:
     return urls
 
 
+_SCHEME_PREFIX: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def _redact(url: str) -> str:
-    """The URL without any password, fit for a message."""
-    parts = _split(url)
-    if parts is None or parts.password is None:
+    """The URL without its credentials, fit for a message -- malformed ones too.
+
+    Everything up to the last ``@`` is userinfo (over-masking a path is harmless, showing
+    a password that holds ``/`` or ``#`` is not). A password becomes ``***``; userinfo
+    without a colon may be a NATS token, and one that spans several URLs may hold one: those
+    are masked whole.
+    """
+    scheme = _SCHEME_PREFIX.match(url)  # only a scheme at the very start is one
+    start = scheme.end() if scheme else 0
+    at = url.rfind("@", start)
+    if at == -1:
         return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+    user, colon, _ = url[start:at].partition(":")
+    plain_user = colon and not set(user) & set("@/?#,")  # else it may hold a secret too
+    return f"{url[:start]}{f'{user}:***' if plain_user else '***'}{url[at:]}"
 
 
 @dataclass(frozen=True)
@@ -194,14 +242,64 @@ def loopback_connect_urls(urls: list[str]) -> list[str]:
     return [u for u in urls if is_loopback_url(f"nats://{u}")]
 
 
+class _TLSTransport(TcpTransport):
+    """nats-py's TCP transport with a TLS upgrade that completes the protocol hand-over.
+
+    ``loop.start_tls`` does not call ``connection_made`` on the protocol it is given (it
+    expects one that is connected already); nats-py passes a new one and never calls it.
+    Called here, the stream protocol knows it runs over SSL (no eof_received warning at
+    the end of a session) and its reader knows its transport (flow control, as with
+    ``asyncio.open_connection(ssl=...)``). The whole upgrade is ours, so a nats-py that
+    fixes this itself cannot make it happen twice.
+    """
+
+    async def connect_tls(
+        self,
+        uri: str | ParseResult,
+        ssl_context: ssl.SSLContext,
+        buffer_size: int,
+        connect_timeout: int,
+    ) -> None:
+        assert self._io_writer is not None, "connect() comes first"
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport = await asyncio.wait_for(
+            loop.start_tls(
+                self._io_writer.transport,
+                protocol,
+                ssl_context,
+                server_hostname=uri if isinstance(uri, str) else uri.hostname,
+            ),
+            connect_timeout,
+        )
+        assert transport is not None
+        protocol.connection_made(transport)
+        self._io_reader = reader
+        self._io_writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 class _GuardedClient(Client):
     """nats-py's client, refusing cleartext where TLS is demanded (see module docstring).
 
     ``_process_info`` runs on every server's first INFO, before the TLS upgrade and
-    before CONNECT is written, and again on each gossip update.
+    before CONNECT is written, and again on each gossip update. ``_connect_to_server``
+    is nats-py's own (2.16) for ``nats://`` and ``tls://``, with :class:`_TLSTransport`
+    in place of nats-py's: nats-py keeps the transport it made for every reconnect.
     """
 
     require_tls = False
+
+    async def _connect_to_server(self, s: Srv) -> None:
+        if s.uri.scheme not in SCHEMES:
+            await super()._connect_to_server(s)
+            return
+        s.last_attempt = time.monotonic()
+        if not isinstance(self._transport, _TLSTransport):
+            self._transport = _TLSTransport()  # type: ignore[no-untyped-call]
+        await self._transport.connect(
+            s.uri, buffer_size=DEFAULT_BUFFER_SIZE, connect_timeout=self.options["connect_timeout"]
+        )
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         if initial_connection and self.require_tls and not info.get("tls_required"):

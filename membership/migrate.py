@@ -41,8 +41,11 @@ stream: memory does not grow with the state.
    ``last_verified_run``; a run that wrote nothing writes nothing, that record
    included, so stream sequences stay as they were.
 
-:func:`verify_parity` (``membershipd verify``) always compares everything, key by
-key, exact bytes, through a consumer; it never trusts the last-run record.
+:func:`verify_parity` (``membershipd verify``) always compares everything, exact
+bytes, every bucket read through a consumer; it never trusts the last-run record. A
+large source is reduced to per-kind counts and keyed set-hashes by a child process
+while this one reads the buckets (:mod:`membership._source_worker`); when anything
+differs, the key-by-key comparison names every difference.
 """
 
 from __future__ import annotations
@@ -53,23 +56,37 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from hashlib import blake2b
 from pathlib import Path
 from typing import Any, Final
 
+from ._source_worker import FORK_FROM_BYTES, SourceSummary, SourceWorker, can_fork
+from ._source_worker import SetHash as _SetHash
+from ._source_worker import feeder as _feeder
+from ._source_worker import source_rows as _source
 from .audit import FindingsCollector
-from .backup import backup_sqlite, check_backup_target, default_backup_path
+from .backup import (
+    backup_sqlite,
+    check_backup_target,
+    default_backup_path,
+    remove_stale_partials,
+)
 from .canonical import (
     KINDS,
     MAX_ENCODED_BYTES,
     SnapshotDigest,
     decode_record,
     encode_record,
-    row_encoder,
 )
 from .connect import NatsTarget, connect_nats
 from .diff import diff_records, format_pk
-from .errors import DataError, InvalidInputError, ParityError, StoreError, TargetNotEmptyError
+from .errors import (
+    DataError,
+    InvalidInputError,
+    NatsUnavailableError,
+    ParityError,
+    StoreError,
+    TargetNotEmptyError,
+)
 from .kv import (
     _KV_OP,
     DEFAULT_PREFIX,
@@ -83,7 +100,7 @@ from .kv import (
     validate_prefix,
 )
 from .model import Record, Snapshot, now_ms
-from .progress import Progress, as_progress
+from .progress import NullProgress, Progress, as_progress
 from .sqlite import SQLiteStore
 
 __all__ = ["MigrationReport", "VerifyResult", "migrate_sqlite_to_kv", "verify_parity"]
@@ -150,57 +167,6 @@ class VerifyResult:
 
 
 # -- building blocks -----------------------------------------------------------------------
-
-
-class _SetHash:
-    """An order-independent digest of a set of (key, value) pairs.
-
-    The sum modulo 2**256 of keyed BLAKE2b hashes: two sets with equal sums and
-    counts are equal unless someone who knows the key (drawn per run, never stored)
-    built a collision. The bucket is read in stream order, the source in key order;
-    this compares them without sorting or holding either.
-    """
-
-    MASK: Final = (1 << 256) - 1
-
-    def __init__(self, secret: bytes) -> None:
-        self._secret = secret
-        self.total = 0
-        self.count = 0
-
-    def add(self, key: str, value: bytes) -> None:
-        # Keys never hold a NUL, so (key, value) pairs cannot run into each other.
-        digest = blake2b(key.encode() + b"\0" + value, digest_size=32, key=self._secret)
-        self.total += int.from_bytes(digest.digest(), "little")  # reduced in matches()
-        self.count += 1
-
-    def matches(self, other: _SetHash) -> bool:
-        return self.count == other.count and (self.total - other.total) & self.MASK == 0
-
-
-def _source(
-    store: SQLiteStore,
-    kind: str,
-    keys: RowKeys,
-    feed: Callable[[bytes, tuple[Any, ...]], None] | None = None,
-    *,
-    checked: bool = False,
-) -> Iterator[tuple[str, bytes, tuple[Any, ...]]]:
-    """(KV key, canonical value, row) of one kind, in primary-key order.
-
-    ``feed(value, row)`` (a digest, a findings check) sees each row first, in order;
-    ``checked``: the rows passed :meth:`SQLiteStore.check_rows` in this transaction.
-    """
-    key, encode = keys.key_function(kind), row_encoder(kind)
-    rows = store.iter_rows(kind, checked=checked)
-    if feed is None:
-        for row in rows:
-            yield key(row), encode(row), row
-    else:
-        for row in rows:
-            payload = encode(row)
-            feed(payload, row)
-            yield key(row), payload, row
 
 
 def _pk(kind: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -356,7 +322,9 @@ async def migrate_sqlite_to_kv(
 
             def take_backup() -> None:
                 nonlocal made
-                if dest is not None:
+                if dest is None:  # no backup this time: still remove what killed runs left
+                    remove_stale_partials(db_path)
+                else:
                     report.start("backup")
                     made = backup_sqlite(db_path, dest)
                     size = dest.stat().st_size / 1e6
@@ -368,6 +336,8 @@ async def migrate_sqlite_to_kv(
                 await run.write()
                 differences = await run.verify()
             replicas_now = [r for r in (await kv.bucket_replicas()).values() if r is not None]
+        except NatsUnavailableError as exc:  # the server was lost mid-run: name it
+            raise NatsUnavailableError(f"NATS at {target.display()}: {exc}") from exc
         finally:
             await nc.close()
     except BaseException:
@@ -600,8 +570,7 @@ class _Run:
             actual = _SetHash(self.secret)
             async with BulkReader(kv, kind) as reader:
                 async for batch in reader:
-                    for key, value, _seq in batch:
-                        actual.add(key, value)
+                    actual.add_entries(batch)
                     self.report.advance(len(batch))
                 read += reader.delivered
             expected = self.kinds[kind].expected
@@ -757,47 +726,148 @@ async def verify_parity(
     prefix: str = DEFAULT_PREFIX,
     progress: Progress | Callable[[str], None] | None = None,
 ) -> VerifyResult:
-    """Compare the SQLite source with the KV buckets, key by key, exact bytes.
+    """Compare the SQLite source with the KV buckets: every record, exact bytes.
 
     The source is streamed from one read transaction, each bucket is read through a
-    consumer; the digests and the invariant findings are computed over the same
-    stream, so neither snapshot is ever held in memory.
+    consumer (never a direct get); the digests and the invariant findings are
+    computed over the same stream, so neither snapshot is ever held in memory.
+
+    A source of :data:`FORK_FROM_BYTES` or more is streamed by a child process
+    (:mod:`membership._source_worker`) while this one reads the buckets, each side
+    reduced to per-kind counts and keyed set-hashes of its (key, value) pairs: when
+    they all agree, and the schema versions too, the stores are equal. When anything
+    differs, the full key-by-key comparison runs (:func:`_verify_exact`, also the
+    path of small sources) and names every difference, as it always has.
     """
     target.check()
     validate_prefix(prefix)
     report = as_progress(progress)
-    source = SQLiteStore.open(db)
+    source = SQLiteStore.open(db)  # a file that is not a membership database stops here
+    try:
+        path = source.path
+        forked = _source_bytes(path) >= FORK_FROM_BYTES and can_fork()
+        total = None
+        if forked and not isinstance(report, NullProgress):
+            with source.consistent_read():
+                total = sum(source.count(kind) for kind in KINDS)
+    except BaseException:
+        await source.close()
+        raise
+    if not forked:
+        try:
+            nc = await connect_nats(target)
+            try:
+                kv = await KVStore.open(nc, prefix)
+                return await _verify_exact(source, kv, report)
+            finally:
+                await nc.close()
+        finally:
+            await source.close()
+    await source.close()  # the child must not inherit an open SQLite connection
+    secret = secrets.token_bytes(32)
+    worker = SourceWorker(path, secret)
+    worker.start()
     try:
         nc = await connect_nats(target)
         try:
             kv = await KVStore.open(nc, prefix)
-            kv_version = kv.schema_version
-            digest = SnapshotDigest(source.schema_version)
-            findings = FindingsCollector()
-            counts: dict[str, int] = {}
-            with source.consistent_read():
-                report.start("verify", sum(source.count(kind) for kind in KINDS))
-                diff = _Diff(source, kv)
-                for kind in KINDS:  # users and rooms first: findings look them up
-                    digest.begin(kind)
-                    await diff.kind(kind, report, _feeder(kind, digest, findings))
-                    digest.end()
-                    counts[kind] = digest.count(kind)
-                differences = diff.lines()
-                if source.schema_version != kv_version:
-                    differences.insert(
-                        0, f"schema_version: SQLite {source.schema_version}, KV {kv_version}"
-                    )
-                source_digest = digest.hexdigest()
-                kv_digest = diff.kv_digest(kv_version) if differences else source_digest
-                report.done(
-                    f"{sum(counts.values()):,} records compared; "
-                    + ("equal" if not differences else f"{len(differences)} difference(s)")
+            report.start("verify", total)
+            summary = await _read_beside(kv, worker, secret, report)
+            if summary is not None:
+                counts = summary.counts
+                report.done(f"{sum(counts.values()):,} records compared; equal")
+                return VerifyResult(
+                    equal=True,
+                    differences=[],
+                    findings=summary.findings,
+                    source_digest=summary.digest,
+                    kv_digest=summary.digest,
+                    counts=counts,
                 )
+            source = SQLiteStore.open(path)  # something differs: name it, key by key
+            try:
+                return await _verify_exact(source, kv, report)
+            finally:
+                await source.close()
         finally:
             await nc.close()
     finally:
-        await source.close()
+        worker.stop()
+
+
+def _source_bytes(path: Path) -> int:
+    size = 0
+    for name in (path, path.with_name(path.name + "-wal")):
+        with contextlib.suppress(OSError):
+            size += name.stat().st_size
+    return size
+
+
+async def _read_beside(
+    kv: KVStore, worker: SourceWorker, secret: bytes, report: Progress
+) -> SourceSummary | None:
+    """Set-hash every bucket while the worker summarises the source.
+
+    The summary when every kind and the schema version agree, None when anything
+    differs; the first error of either side is raised (the other side is stopped).
+    """
+
+    async def read() -> dict[str, _SetHash]:
+        hashes: dict[str, _SetHash] = {}
+        for kind in KINDS:
+            hashed = hashes[kind] = _SetHash(secret)
+            async with BulkReader(kv, kind) as reader:
+                async for batch in reader:
+                    hashed.add_entries(batch)
+                    report.advance(len(batch))
+        return hashes
+
+    reading = asyncio.ensure_future(read())
+    summarising = asyncio.ensure_future(worker.result())
+    try:
+        await asyncio.wait({reading, summarising}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in (summarising, reading):  # the source's error first, as in-process
+            if task.done() and task.exception() is not None:
+                task.result()
+        hashes, summary = await reading, await summarising
+    finally:
+        for task in (reading, summarising):  # stopped, and no exception left unretrieved
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    if summary.schema_version != kv.schema_version:
+        return None
+    if all(summary.matches(kind, hashes[kind]) for kind in KINDS):
+        return summary
+    return None
+
+
+async def _verify_exact(source: SQLiteStore, kv: KVStore, report: Progress) -> VerifyResult:
+    """The key-by-key comparison in this process: every difference named."""
+    kv_version = kv.schema_version
+    digest = SnapshotDigest(source.schema_version)
+    findings = FindingsCollector()
+    counts: dict[str, int] = {}
+    with source.consistent_read():
+        report.start("verify", sum(source.count(kind) for kind in KINDS))
+        diff = _Diff(source, kv)
+        for kind in KINDS:  # users and rooms first: findings look them up
+            digest.begin(kind)
+            await diff.kind(kind, report, _feeder(kind, digest, findings))
+            digest.end()
+            counts[kind] = digest.count(kind)
+        differences = diff.lines()
+        if source.schema_version != kv_version:
+            differences.insert(
+                0, f"schema_version: SQLite {source.schema_version}, KV {kv_version}"
+            )
+        source_digest = digest.hexdigest()
+        kv_digest = diff.kv_digest(kv_version) if differences else source_digest
+        report.done(
+            f"{sum(counts.values()):,} records compared; "
+            + ("equal" if not differences else f"{len(differences)} difference(s)")
+        )
     return VerifyResult(
         equal=not differences,
         differences=differences,
@@ -806,38 +876,6 @@ async def verify_parity(
         kv_digest=kv_digest,
         counts=counts,
     )
-
-
-def _feeder(
-    kind: str, digest: SnapshotDigest, findings: FindingsCollector
-) -> Callable[[bytes, tuple[Any, ...]], None]:
-    add = digest.add
-    if kind == "users":
-
-        def feed(payload: bytes, row: tuple[Any, ...]) -> None:
-            add(payload)
-            findings.user(row[0], row[2])
-
-    elif kind == "rooms":
-
-        def feed(payload: bytes, row: tuple[Any, ...]) -> None:
-            add(payload)
-            findings.room(row[0], row[1])
-
-    elif kind == "members":
-
-        def feed(payload: bytes, row: tuple[Any, ...]) -> None:
-            add(payload)
-            findings.member(row[0], row[1], row[3])
-
-    else:
-        check = findings.sealed_key_check()
-
-        def feed(payload: bytes, row: tuple[Any, ...]) -> None:
-            add(payload)
-            check(row[0], row[1], row[2])
-
-    return feed
 
 
 def require_parity(result: VerifyResult) -> None:

@@ -34,7 +34,7 @@ from harness.parity import (
 from harness.strategies import run_sync, write_sqlite
 from membership import migrate as migration
 from membership.demo import build_representative_state, demo_key
-from membership.errors import MembershipError
+from membership.errors import DataError, MembershipError
 from membership.memory import MemoryStore
 from membership.migrate import MigrationReport
 from membership.model import Snapshot
@@ -126,6 +126,19 @@ async def test_an_import_that_drops_revoked_users(
 async def test_a_key_encoding_that_maps_two_ids_to_one_key(
     monkeypatch: pytest.MonkeyPatch, source_db: Path, namespace
 ) -> None:
+    """``Case`` and ``case`` share the key ``case``: parity, layout and idempotence all fail.
+
+    Parity and layout see the lost user. The idempotence gate sees that a rerun is not a
+    no-op: the source's ``Case`` looks missing from KV, so the rerun writes it again, under
+    ``case``, and the users stream moves although the source did not change. Which error
+    carries that depends on how far the rerun gets: today the migration's own read-back
+    then finds the record for ``Case`` under the key ``case`` and stops with a
+    :class:`DataError` naming bucket, key and record, which ``assert_idempotent`` passes
+    on as it is (it wraps only a rerun that returns a report); a rerun that gets to its
+    report fails as :class:`IdempotenceFailure` (``users['Case']: only in first run``,
+    ``users['case']: only in second run``: each rerun overwrites the other). Either way
+    the gate fails and names both ids; the moved stream is checked here directly.
+    """
     with planted.on_the_wire(
         monkeypatch, namespace.prefix, planted.case_folding_keys(namespace.prefix)
     ):
@@ -134,12 +147,23 @@ async def test_a_key_encoding_that_maps_two_ids_to_one_key(
             contents = await bucket_contents(kv)
             with pytest.raises(LayoutFailure) as layout:
                 await assert_kv_layout(kv, STATE, contents)
+        users = f"KV_{namespace.prefix}_users"
+        before = namespace.stream_seqs()[users]
+        with pytest.raises((IdempotenceFailure, DataError)) as again:
+            await assert_idempotent(source_db, namespace)
+        after = namespace.stream_seqs()[users]
     # One of the two users is lost: both were written to the key "case".
     with pytest.raises(ParityFailure) as parity:
         assert_parity(STATE, snapshot_from_contents(contents))
     assert parity.value.diff == ("users['Case']: only in SQLite",)
     # "case" was written last (code-point order), over "Case" under the same key.
     assert layout.value.diff == ("bucket users key 'Case': only in expected (users['Case'])",)
+    # The rerun wrote, and its failure names both ids.
+    assert after > before, f"the rerun left {users} at last_seq {before}"
+    message = str(again.value)
+    assert "'Case'" in message and "'case'" in message, message
+    if isinstance(again.value, DataError):
+        assert "the value under key 'case' is a record for key 'Case'" in message
 
 
 async def test_a_migration_that_skips_the_last_record(

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 MEASURED = ("seconds", "records_per_s")
 MIGRATION = (*MEASURED, "writes", "peak_rss_mb")
@@ -24,6 +26,8 @@ def test_a_small_benchmark_run_reports_every_figure_and_parity(tmp_path: Path) -
             "1500",
             "--naive-sample",
             "200",
+            "--rounds",
+            "2",
             "--json",
             str(out),
         ],
@@ -47,6 +51,9 @@ def test_a_small_benchmark_run_reports_every_figure_and_parity(tmp_path: Path) -
     assert figures["migrate_first"]["writes"] == total
     assert figures["migrate_again"]["writes"] == 0
     assert figures["verify"]["equal"] is True
+    for name in ("bulk_read", "verify"):  # measured in turn, medians reported
+        assert len(figures[name]["rounds"]) == 2, name
+        assert figures[name]["seconds"] == pytest.approx(sum(figures[name]["rounds"]) / 2, abs=2e-3)
     for ratio in (
         "ratio_to_ceiling",
         "ratio_to_raw_publish",

@@ -162,19 +162,20 @@ def test_server_stopped_mid_migration_fails_cleanly_then_converges(
     try:
         poll(lambda: kv_written(server) > 0 or proc.poll() is not None, 120, "the first writes")
         assert proc.poll() is None, "the migration ended before the server could be stopped"
-        port, store = server.port, server.store_dir
+        port, store, url = server.port, server.store_dir, server.url
         server.stop()
         stopped = time.monotonic()
-        _out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert time.monotonic() - stopped < 40  # bounded: seconds, not a reconnect loop
     assert proc.returncode == 1, err
+    assert out == "" and "Traceback" not in err
     lines = err.strip().splitlines()
-    assert lines and "Traceback" not in err
-    assert "nats" in lines[-1].lower() or "server" in lines[-1].lower()
+    assert len(lines) == 1, err  # one line naming the URL (DESIGN.md, Connecting to NATS)
+    assert lines[0].startswith("membershipd: error: ") and url in lines[0], lines[0]
 
     restarted = EmbeddedServer(store_dir=store, port=port, monitor_port=0)
     restarted.start()

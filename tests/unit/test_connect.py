@@ -69,10 +69,43 @@ def test_a_seed_list_is_checked_url_by_url() -> None:
         check_nats_url("nats://127.0.0.1:1,nats://10.1.1.1:2", None)
 
 
-def test_passwords_never_reach_messages() -> None:
-    with pytest.raises(InsecureURLError) as info:
-        check_nats_url("nats://user:hunter2@10.0.0.1:4222", None)
-    assert "hunter2" not in str(info.value)
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("nats://user:hunter2@10.0.0.1:4222", "nats://user:***@10.0.0.1:4222"),  # remote
+        ("nats://user:hunter2@10.0.0.1:99999", "nats://user:***@10.0.0.1:99999"),  # bad port
+        ("nats://user:hunter2@127.0.0.1:4222/x", "nats://user:***@127.0.0.1:4222/x"),  # path
+        ("nats://hunter2@10.0.0.1:4222", "nats://***@10.0.0.1:4222"),  # a NATS token
+        ("nats://u:hun#ter2@10.0.0.1:4222", "nats://u:***@10.0.0.1:4222"),  # '#' inside
+        ("nats://u:hun/ter2@10.0.0.1:4222", "nats://u:***@10.0.0.1:4222"),  # '/' inside
+        ("http://u:hunter2@127.0.0.1:4222", "http://u:***@127.0.0.1:4222"),  # wrong scheme
+        ("nats://u:hunter2@127.0.0.1:1,", "nats://u:***@127.0.0.1:1,"),  # empty entry
+        ("nats://hunter2@h1:1,nats://u:pw@h2:1,", "nats://***@h1:1,nats://u:***@h2:1,"),  # each entry
+    ],
+)
+def test_passwords_never_reach_messages(value: str, shown: str) -> None:
+    with pytest.raises((InsecureURLError, InvalidInputError)) as info:
+        check_nats_url(value, None)
+    assert "hunter2" not in str(info.value) and "ter2" not in str(info.value)
+    assert shown in str(info.value)
+
+
+def test_localhost_with_a_trailing_dot_needs_ca() -> None:
+    # An absolute name may be answered by DNS rather than /etc/hosts: not loopback.
+    with pytest.raises(InsecureURLError, match="--ca"):
+        check_nats_url("nats://localhost.:4222", None)
+    assert check_nats_url("nats://localhost.:4222", "ca.pem") == ["nats://localhost.:4222"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nats://[::1]x:4222", "nats://[::1]]:4222", "nats://127.0.\n0.1:4222", "nats://lo\tcalhost"],
+)
+def test_urls_that_urlsplit_tolerates_are_malformed_here(url: str) -> None:
+    # urlsplit drops tabs and newlines and ignores junk after "]"; nothing is guessed here.
+    for ca in (None, "ca.pem"):
+        with pytest.raises(InvalidInputError, match="not a NATS URL"):
+            check_nats_url(url, ca)
 
 
 def test_unreachable_server_fails_fast_with_one_line() -> None:
