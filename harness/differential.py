@@ -57,6 +57,7 @@ from .parity import (
     read_sqlite,
 )
 from .strategies import (
+    NKEY_POOL,
     OPERATION_IDS,
     Operation,
     Sizes,
@@ -90,6 +91,7 @@ def counting_clock(start: int = 1_700_000_000_000) -> Callable[[], int]:
 
 _PUBLIC_KEYS = st.integers(0, 9).map(operation_public_key)  # 9 is one byte short
 _SEALED_KEYS = st.integers(0, 11).map(operation_sealed_key)  # 11 is empty
+_NKEYS = st.none() | st.sampled_from([*NKEY_POOL[:3], NKEY_POOL[0][:-1] + "A"])  # the last: bad checksum
 _START = Sizes(
     users=6,
     rooms=3,
@@ -227,11 +229,24 @@ class StoreAgreement(RuleBasedStateMachine):
 
     # -- the Store API --------------------------------------------------------------------
 
-    @rule(data=st.data(), key=_PUBLIC_KEYS, created_at=st.none() | st.integers(0, 2**63 - 1))
-    def add_user(self, data: st.DataObject, key: bytes, created_at: int | None) -> None:
+    @rule(
+        data=st.data(),
+        key=_PUBLIC_KEYS,
+        created_at=st.none() | st.integers(0, 2**63 - 1),
+        nkey=_NKEYS,
+    )
+    def add_user(
+        self, data: st.DataObject, key: bytes, created_at: int | None, nkey: str | None
+    ) -> None:
         given = () if created_at is None else (("created_at", created_at),)
+        if nkey is not None:
+            given += (("nkey", nkey),)
         user = self._user(data, new=True)
         self._same(Operation("add_user", (user, key), given), wrote=True)
+
+    @rule(data=st.data(), nkey=_NKEYS)
+    def set_user_nkey(self, data: st.DataObject, nkey: str | None) -> None:
+        self._same(Operation("set_user_nkey", (self._user(data), nkey)), wrote=True)
 
     @rule(data=st.data())
     def revoke_user(self, data: st.DataObject) -> None:

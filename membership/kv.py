@@ -50,6 +50,7 @@ from .errors import (
 )
 from .keycodec import encode_id, member_key, sealed_key_key
 from .model import (
+    OLDEST_SCHEMA_VERSION,
     SCHEMA_VERSION,
     Member,
     Record,
@@ -61,6 +62,7 @@ from .model import (
     now_ms,
     validate_epoch,
     validate_id,
+    validate_optional_nkey,
     validate_public_key,
     validate_sealed_key,
 )
@@ -434,7 +436,53 @@ class KVStore:
                 f"KV namespace {self.prefix!r} has schema version {version}, newer than this "
                 f"membershipd understands ({SCHEMA_VERSION}); upgrade unibus-membership"
             )
+        if version < OLDEST_SCHEMA_VERSION:
+            raise SchemaError(f"KV namespace {self.prefix!r} has unknown schema version {version}")
         return int(version)
+
+    def require_current_schema(self) -> None:
+        """Refuse to write to a namespace of an older schema version (reading is fine)."""
+        if self.schema_version < SCHEMA_VERSION:
+            raise SchemaError(
+                f"KV namespace {self.prefix!r} has schema version {self.schema_version}; this "
+                f"membershipd writes version {SCHEMA_VERSION}: run `membershipd upgrade "
+                "--nats-url URL` first"
+            )
+
+    async def upgrade(self) -> tuple[list[int], int]:
+        """Take the namespace to :data:`SCHEMA_VERSION`: rewrite every record whose
+        stored form is older, then the schema record, last. Returns (versions passed
+        through, records rewritten).
+
+        Each rewrite is a compare-and-swap against the revision read, so a record
+        changed meanwhile is read again; a run cut short leaves the schema record as it
+        was and a re-run finishes the job (a record already in the new form is skipped).
+        """
+        version = await self.read_schema_version()
+        if version is None:
+            raise SchemaError(f"bucket {self.buckets['meta']} has no schema record")
+        self.schema_version = version
+        if version >= SCHEMA_VERSION:
+            return [], 0
+        rewritten = 0
+        for entry in await self.scan("users"):
+            key = entry.key
+
+            async def rewrite(key: str = key) -> bool:
+                got = await self._get_raw("users", key)
+                if got is None or got.revision < 0:
+                    return False
+                current = encode_record(self._decode("users", got))
+                if current == got.value:
+                    return False
+                await self._cas("users", key, current, got.revision)
+                return True
+
+            async with nats_errors(f"upgrading {self.buckets['users']}"):
+                rewritten += await self._retry(rewrite)
+        await self.write_schema_version(SCHEMA_VERSION)
+        self.schema_version = SCHEMA_VERSION
+        return list(range(version + 1, SCHEMA_VERSION + 1)), rewritten
 
     async def write_schema_version(self, version: int) -> bool:
         """Write the schema record unless it already says ``version``; True if written."""
@@ -469,7 +517,7 @@ class KVStore:
         return self._decode(kind, entry), entry.revision
 
     def _decode(self, kind: str, entry: Entry) -> Any:
-        record = decode_record(kind, entry.value)
+        record = decode_record(kind, entry.value, self.schema_version)
         if key_of(record) != entry.key:
             raise DataError(
                 f"bucket {self.buckets[kind]}: the value under key {entry.key!r} is a record "
@@ -549,26 +597,63 @@ class KVStore:
 
     # -- users --------------------------------------------------------------------
 
+    async def _users_with_nkey(self, nkey: str | None) -> list[str]:
+        """Users whose identity is ``nkey``: a scan of the users bucket (an admin
+        operation; the allowlist's authorization leaves out any nkey two users share,
+        so a race between two such writes cannot let one act as the other)."""
+        if nkey is None:
+            return []
+        return sorted(u.id for u in await self._records("users") if u.nkey == nkey)
+
     async def add_user(
-        self, user_id: str, public_key: bytes, *, created_at: int | None = None
+        self,
+        user_id: str,
+        public_key: bytes,
+        *,
+        created_at: int | None = None,
+        nkey: str | None = None,
     ) -> User:
         validate_id(user_id, "user id")
         validate_public_key(public_key)
+        validate_optional_nkey(nkey)
+        self.require_current_schema()
         key = encode_id(user_id)
 
         async def op() -> User:
             existing, rev = await self._get("users", key)
             rules.check_new_user(existing, user_id)
+            rules.check_nkey_free(await self._users_with_nkey(nkey), nkey, user_id)
             user = User(
-                user_id, public_key, "active", self._clock() if created_at is None else created_at
+                user_id,
+                public_key,
+                "active",
+                self._clock() if created_at is None else created_at,
+                nkey,
             )
             await self._cas("users", key, encode_record(user), rev)
             return user
 
         return await self._retry(op)
 
+    async def set_user_nkey(self, user_id: str, nkey: str | None) -> User:
+        validate_id(user_id, "user id")
+        validate_optional_nkey(nkey)
+        self.require_current_schema()
+        key = encode_id(user_id)
+
+        async def op() -> User:
+            user, rev = await self._get("users", key)
+            user = rules.check_set_nkey(user, user_id, nkey)
+            rules.check_nkey_free(await self._users_with_nkey(nkey), nkey, user_id)
+            changed = replace(user, nkey=nkey)
+            await self._cas("users", key, encode_record(changed), rev)
+            return changed
+
+        return await self._retry(op)
+
     async def revoke_user(self, user_id: str) -> Revocation:
         validate_id(user_id, "user id")
+        self.require_current_schema()
         key = encode_id(user_id)
 
         async def mark() -> tuple[User, bool]:
@@ -627,6 +712,7 @@ class KVStore:
     async def create_room(self, room_id: str, owner: str, *, created_at: int | None = None) -> Room:
         validate_id(room_id, "room id")
         validate_id(owner, "user id")
+        self.require_current_schema()
         key = encode_id(room_id)
 
         async def op() -> Room:
@@ -655,6 +741,7 @@ class KVStore:
     async def add_member(self, room_id: str, user_id: str) -> Member:
         validate_id(room_id, "room id")
         validate_id(user_id, "user id")
+        self.require_current_schema()
         key = member_key(room_id, user_id)
 
         async def op() -> Member:
@@ -671,6 +758,7 @@ class KVStore:
     async def remove_member(self, room_id: str, user_id: str) -> Room:
         validate_id(room_id, "room id")
         validate_id(user_id, "user id")
+        self.require_current_schema()
         key = member_key(room_id, user_id)
 
         async def op() -> None:
@@ -693,6 +781,7 @@ class KVStore:
 
     async def rekey(self, room_id: str) -> Room:
         validate_id(room_id, "room id")
+        self.require_current_schema()
         room = await self._bump_epoch(room_id)
         return rules.require_room(room, room_id)
 
@@ -704,6 +793,7 @@ class KVStore:
         validate_id(room_id, "room id")
         validate_id(user_id, "user id")
         validate_sealed_key(sealed_key)
+        self.require_current_schema()
 
         async def op() -> SealedKeyRecord:
             room, _ = await self._get("rooms", encode_id(room_id))
@@ -749,7 +839,9 @@ class KVStore:
             rooms=tuple(await self._records("rooms")),
             members=tuple(await self._records("members")),
             sealed_keys=tuple(await self._records("sealed_keys")),
-            schema_version=version or 0,
+            # Records read in the current form whatever the stored version (upgrade
+            # rewrites them); a namespace without a schema record shows 0.
+            schema_version=SCHEMA_VERSION if version is not None else 0,
         )
 
     async def import_snapshot(
@@ -763,6 +855,7 @@ class KVStore:
         statuses as they are), pipelined; values already equal are skipped, so a
         second import of the same snapshot writes nothing at all.
         """
+        self.require_current_schema()
         wanted = {
             kind: {key_of(r): encode_record(r) for r in getattr(snapshot, kind)} for kind in KINDS
         }
@@ -793,7 +886,7 @@ class KVStore:
                 writes.append((self.subject(kind, key), b"", {_KV_OP: "DEL"}))
                 counts[kind].pruned += 1
         await self.publish_all(writes)
-        await self.write_schema_version(snapshot.schema_version)
+        await self.write_schema_version(SCHEMA_VERSION)
         return counts
 
     def _describe(self, kind: str, key: str, value: bytes) -> str:

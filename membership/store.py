@@ -23,9 +23,20 @@ __all__ = ["Store"]
 @runtime_checkable
 class Store(Protocol):
     async def add_user(
-        self, user_id: str, public_key: bytes, *, created_at: int | None = None
+        self,
+        user_id: str,
+        public_key: bytes,
+        *,
+        created_at: int | None = None,
+        nkey: str | None = None,
     ) -> User:
-        """Add an active user. ``AlreadyExistsError`` if the id is taken."""
+        """Add an active user, with its NATS identity ``nkey`` if given.
+        ``AlreadyExistsError`` if the id is taken, or the nkey is another user's."""
+        ...
+
+    async def set_user_nkey(self, user_id: str, nkey: str | None) -> User:
+        """Set, change or (with None) clear a user's NATS identity. Setting one needs an
+        active user and an nkey no other user has; clearing works on a revoked user too."""
         ...
 
     async def revoke_user(self, user_id: str) -> Revocation:

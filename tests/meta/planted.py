@@ -180,7 +180,7 @@ def schema_rewritten_every_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
         nc = await connect_nats(target)
         try:
             prefix = options.get("prefix", "membership")
-            await nc.jetstream().publish(f"$KV.{prefix}_meta.schema", b'{"schema_version":1}')
+            await nc.jetstream().publish(f"$KV.{prefix}_meta.schema", b'{"schema_version":2}')
         finally:
             await nc.close()
         return report

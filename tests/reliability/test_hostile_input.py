@@ -81,7 +81,9 @@ def _newer(d: Path) -> None:
 def _bad_utf8(d: Path) -> None:
     shutil.copy(d / "control.db", d / "bad.db")
     conn = sqlite3.connect(d / "bad.db")
-    conn.execute("INSERT INTO users VALUES (CAST(X'C328' AS TEXT), zeroblob(32), 'active', 0)")
+    conn.execute(
+        "INSERT INTO users (id, public_key, status, created_at) VALUES (CAST(X'C328' AS TEXT), zeroblob(32), 'active', 0)"
+    )
     conn.commit()
     conn.close()
 
