@@ -283,6 +283,10 @@ class StoreAgreement(RuleBasedStateMachine):
         self._same(Operation("get_user", (self._user(data),)), wrote=False)
 
     @rule(data=st.data())
+    def get_member(self, data: st.DataObject) -> None:
+        self._same(Operation("get_member", self._member(data)), wrote=False)
+
+    @rule(data=st.data())
     def get_room(self, data: st.DataObject) -> None:
         self._same(Operation("get_room", (self._room(data),)), wrote=False)
 

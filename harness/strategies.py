@@ -755,6 +755,7 @@ def operations(pool: Sequence[str] = OPERATION_IDS) -> st.SearchStrategy[Operati
         op("put_sealed_key", good_id, good_id, sealed),
         op("get_user", some_id),
         op("get_room", good_id),
+        op("get_member", good_id, some_id),
         op("get_sealed_key", good_id, good_id, st.one_of(st.none(), st.integers(0, 4))),
         op("list_members", st.one_of(st.none(), good_id)),
         op("list_sealed_keys", st.one_of(st.none(), good_id)),

@@ -109,10 +109,11 @@ class StoreOptions:
     cert: str | None
     key: str | None
     bucket_prefix: str
+    seed_file: str | None = None
 
     def target(self) -> NatsTarget:
         assert self.nats_url is not None
-        return NatsTarget(self.nats_url, self.ca, self.cert, self.key)
+        return NatsTarget(self.nats_url, self.ca, self.cert, self.key, self.seed_file)
 
 
 def nats_options(func: F) -> F:
@@ -145,6 +146,13 @@ def nats_options(func: F) -> F:
                 metavar="PREFIX",
                 help="Prefix of the KV bucket names.",
             ),
+            click.option(
+                "--seed-file",
+                type=click.Path(dir_okay=False),
+                metavar="FILE",
+                help="An nkey seed (mode 0600) to authenticate with, for a server whose "
+                "authorization asks for one (as `membershipd serve` sets up: an admin's).",
+            ),
         ]
     ):
         func = option(func)
@@ -171,11 +179,12 @@ def store_options(func: F) -> F:
         cert: str | None,
         key: str | None,
         bucket_prefix: str,
+        seed_file: str | None,
         **kwargs: Any,
     ) -> Any:
         if (db is None) == (nats_url is None):
             raise click.UsageError("give exactly one of --db PATH or --nats-url URL")
-        opts = StoreOptions(db, nats_url, ca, cert, key, bucket_prefix)
+        opts = StoreOptions(db, nats_url, ca, cert, key, bucket_prefix, seed_file)
         return func(opts, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -729,6 +738,7 @@ def migrate_to_kv(
     cert: str | None,
     key: str | None,
     bucket_prefix: str,
+    seed_file: str | None,
     as_json: bool,
 ) -> None:
     """Copy the SQLite control plane into JetStream KV, verified, idempotently.
@@ -750,7 +760,7 @@ def migrate_to_kv(
     from .progress import for_stderr
 
     progress = for_stderr(quiet)
-    target = NatsTarget(nats_url, ca, cert, key)
+    target = NatsTarget(nats_url, ca, cert, key, seed_file)
     try:
         report = asyncio.run(
             migrate_sqlite_to_kv(
@@ -817,6 +827,7 @@ def verify(
     cert: str | None,
     key: str | None,
     bucket_prefix: str,
+    seed_file: str | None,
     as_json: bool,
 ) -> None:
     """Check parity between the SQLite file and the KV buckets.
@@ -831,7 +842,8 @@ def verify(
     """
     from .migrate import verify_parity
 
-    result = run(verify_parity(db, NatsTarget(nats_url, ca, cert, key), prefix=bucket_prefix))
+    target = NatsTarget(nats_url, ca, cert, key, seed_file)
+    result = run(verify_parity(db, target, prefix=bucket_prefix))
     if as_json:
         emit_json(result.as_dict())
     else:
@@ -1010,8 +1022,10 @@ def nkey_generate(seed_file: Path) -> None:
 # modules import what they need (store_options, run, emit_json ...) from this one.
 
 from .cli_cluster import cluster  # noqa: E402
+from .cli_serve import serve_command  # noqa: E402
 
 cli.add_command(cluster)
+cli.add_command(serve_command)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -40,6 +41,7 @@ from .canonical import KINDS, decode_record, dumps, encode_record
 from .cluster import STREAM_OFFLINE, describe_offline_stream
 from .errors import (
     BucketConfigError,
+    ConflictError,
     DataError,
     InvalidInputError,
     MembershipError,
@@ -95,7 +97,7 @@ _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _KV_OP: Final = "KV-Operation"
 _EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST: Final = (10071, 10164)
-_CAS_RETRIES: Final = 20
+_CAS_RETRIES: Final = 60
 ACK_TIMEOUT: Final = 10.0
 WRITE_WINDOW: Final = 4096
 """Unacknowledged publishes in flight at most (a bounded window: memory stays flat)."""
@@ -540,12 +542,18 @@ class KVStore:
         return int(ack.seq)
 
     async def _retry(self, op: Callable[[], Awaitable[T]]) -> T:
-        for _ in range(_CAS_RETRIES):
+        """Run a read-check-CAS ``op`` until its compare-and-swap wins.
+
+        A lost race re-reads and re-checks (the rules hold against what is there now).
+        Between tries a random pause that grows with each loss spreads the contenders
+        out, so even dozens of writers at one room's epoch all get through.
+        """
+        for tries in range(_CAS_RETRIES):
             try:
                 return await op()
             except _Conflict:
-                await asyncio.sleep(0)
-        raise StoreError(
+                await asyncio.sleep(random.uniform(0, min(0.001 * 2 ** min(tries, 7), 0.1)))
+        raise ConflictError(
             f"KV namespace {self.prefix!r}: {_CAS_RETRIES} concurrent updates in a row "
             "won the race; retry the command"
         )
@@ -773,6 +781,12 @@ class KVStore:
         if room is None:
             raise StoreError(f"room {room_id!r} disappeared while removing {user_id!r}")
         return room
+
+    async def get_member(self, room_id: str, user_id: str) -> Member | None:
+        validate_id(room_id, "room id")
+        validate_id(user_id, "user id")
+        member, _ = await self._get("members", member_key(room_id, user_id))
+        return member  # type: ignore[no-any-return]
 
     async def list_members(self, room_id: str | None = None) -> list[Member]:
         if room_id is None:

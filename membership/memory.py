@@ -141,6 +141,9 @@ class MemoryStore:
         self._rooms[room_id] = room
         return room
 
+    async def get_member(self, room_id: str, user_id: str) -> Member | None:
+        return self._members.get((validate_id(room_id, "room id"), validate_id(user_id, "user id")))
+
     async def list_members(self, room_id: str | None = None) -> list[Member]:
         if room_id is not None:
             validate_id(room_id, "room id")

@@ -601,6 +601,12 @@ class SQLiteStore:
             )
             return self._bump(conn, room)
 
+    async def get_member(self, room_id: str, user_id: str) -> Member | None:
+        validate_id(room_id, "room id")
+        validate_id(user_id, "user id")
+        with self._read():
+            return self._member(room_id, user_id)
+
     async def list_members(self, room_id: str | None = None) -> list[Member]:
         if room_id is None:
             with self._read():

@@ -65,6 +65,10 @@ class Store(Protocol):
         """Remove a member and bump the room's epoch by one; return the room."""
         ...
 
+    async def get_member(self, room_id: str, user_id: str) -> Member | None:
+        """One membership, or None (also when the room does not exist)."""
+        ...
+
     async def list_members(self, room_id: str | None = None) -> list[Member]:
         """Members of one room, or of every room, sorted by (room_id, user_id)."""
         ...
