@@ -106,11 +106,12 @@ def error_reply(exc: BaseException) -> tuple[str, str, bytes]:
     an internal error whose message names its class only (no data, no secret)."""
     code = error_code(exc)
     if isinstance(exc, MembershipError):
-        kind, message = type(exc).__name__, " ".join(str(exc).split()) or type(exc).__name__
+        kind, message = type(exc).__name__, str(exc) or type(exc).__name__
     else:
         kind, message = "FailedError", f"internal error in membershipd ({type(exc).__name__})"
     body = dumps({"error": {"code": code, "kind": kind, "message": message}}).encode()
-    return str(code), message, body
+    # A header is one line: the line the CLI would print. The body keeps the message exact.
+    return str(code), " ".join(message.split()), body
 
 
 def error_from_reply(headers: Mapping[str, str] | None, data: bytes) -> MembershipError | None:
