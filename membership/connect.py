@@ -246,6 +246,10 @@ async def connect_nats(
         errors.append(exc)
         if isinstance(exc, (ssl.SSLError, TLSRequiredError)):
             fatal.set()
+        elif "authorization violation" in str(exc).lower():
+            # Refused credentials: another server of the same cluster (or a retry) would
+            # refuse them too; say so now instead of after a round of the whole pool.
+            fatal.set()
 
     async def quiet(*_: Any) -> None:
         return None

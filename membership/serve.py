@@ -286,21 +286,34 @@ async def _watch(store: Store, allow: _Allowlist, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), WATCH_INTERVAL)
 
 
-async def _open_kv(nc: Client, opts: ServeOptions) -> KVStore:
-    """The namespace, created with ``--replicas`` if missing; on a node just started the
-    cluster may need a moment to elect a JetStream leader."""
-    deadline = time.monotonic() + KV_READY_TIMEOUT
-    while True:
+async def _open_kv(
+    nc: Client, opts: ServeOptions, notice: Callable[[str], None], stop: asyncio.Event
+) -> KVStore | None:
+    """The namespace, created with ``--replicas`` if missing.
+
+    A node just started waits for the rest of its cluster (no JetStream until a meta
+    leader is elected), for as long as it takes, saying so every few seconds; a single
+    server gets :data:`KV_READY_TIMEOUT`. None if told to stop meanwhile.
+    """
+    started = time.monotonic()
+    said = started
+    while not stop.is_set():
         try:
             found = await KVStore(nc, opts.bucket_prefix, now_ms).bucket_replicas()
-            fresh = all(r is None for r in found.values())
+            missing = any(r is None for r in found.values())  # then made with --replicas
             return await KVStore.open(
-                nc, opts.bucket_prefix, create=True, replicas=opts.replicas if fresh else None
+                nc, opts.bucket_prefix, create=True, replicas=opts.replicas if missing else None
             )
-        except (NatsUnavailableError, StoreError):
-            if time.monotonic() > deadline:
+        except (NatsUnavailableError, StoreError) as exc:
+            now = time.monotonic()
+            if opts.node is None and now - started > KV_READY_TIMEOUT:
                 raise
-            await asyncio.sleep(0.25)
+            if now - said > 10:
+                notice(f"membershipd: waiting for JetStream on the cluster: {exc}")
+                said = now
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.25)
+    return None
 
 
 async def serve(
@@ -366,7 +379,10 @@ async def serve(
             assert opts.target is not None
             target = opts.target
             nc = await connect_nats(target, name="membershipd serve")
-        store: Store = sqlite if sqlite is not None else await _open_kv(nc, opts)
+        opened = sqlite if sqlite is not None else await _open_kv(nc, opts, notice, stop)
+        if opened is None:
+            return  # stopped while waiting for the cluster
+        store: Store = opened
         if isinstance(store, KVStore):
             store.require_current_schema()
         allow = _Allowlist(

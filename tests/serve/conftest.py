@@ -52,17 +52,20 @@ class Served:
         return self.proc.returncode, self.stderr
 
 
-def start_serve(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Served:
-    """Start `membershipd serve ARGS --json`; return once it printed its ready line."""
-    command = [*membershipd_command(), "serve", *args, "--json"]
-    proc = subprocess.Popen(
-        command,
+def spawn_serve(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start `membershipd serve ARGS --json` without waiting for it."""
+    return subprocess.Popen(
+        [*membershipd_command(), "serve", *args, "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=cwd,
         env={**os.environ, **(env or {})},
     )
+
+
+def wait_ready(proc: subprocess.Popen[str], args: list[str]) -> Served:
+    """Wait (with a deadline) for the ready line a started serve prints on stdout."""
     assert proc.stdout is not None
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ)
@@ -80,7 +83,12 @@ def start_serve(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Ser
         raise AssertionError(
             f"serve was not ready within {READY_WITHIN:g} s: exit {proc.returncode}: {err}"
         )
-    return Served(proc, json.loads(line), list(args))
+    return Served(proc, json.loads(line), args)
+
+
+def start_serve(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Served:
+    """Start `membershipd serve ARGS --json`; return once it printed its ready line."""
+    return wait_ready(spawn_serve(*args, cwd=cwd, env=env), list(args))
 
 
 @pytest.fixture
@@ -93,6 +101,22 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         started.append(served)
         return served
 
+    def start_all(*commands: list[str]) -> list[Served]:
+        """Start several at once (cluster nodes wait for each other), then wait for all."""
+        procs = [(spawn_serve(*c, cwd=tmp_path), c) for c in commands]
+        ready = []
+        try:
+            for proc, command in procs:
+                ready.append(wait_ready(proc, command))
+        finally:
+            started.extend(ready)
+            for proc, _ in procs[len(ready) :]:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+        return ready
+
+    start.all = start_all  # type: ignore[attr-defined]
     yield start
     for served in started:
         served.stop()
