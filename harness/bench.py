@@ -553,6 +553,11 @@ def run_baselines(db: Path, url: str, replicas: int, naive_sample: int) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["serve"]:  # `python -m harness.bench serve ...`: the service's figures
+        from harness.bench_serve import main as serve_main
+
+        return serve_main(args_in[1:])
     parser = argparse.ArgumentParser(
         prog="python -m harness.bench",
         description="Measure the migration against its baselines in one run.",

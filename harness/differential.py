@@ -41,11 +41,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 from nats.aio.client import Client
 
 from membership import migrate
+from membership.client import ServiceStore
 from membership.connect import connect_nats
 from membership.errors import TargetNotEmptyError
 from membership.kv import KVStore
 from membership.memory import MemoryStore
 from membership.model import Snapshot
+from membership.service import MembershipService
 from membership.sqlite import SQLiteStore
 from membership.store import Store
 
@@ -57,6 +59,7 @@ from .parity import (
     read_sqlite,
 )
 from .strategies import (
+    NKEY_POOL,
     OPERATION_IDS,
     Operation,
     Sizes,
@@ -90,6 +93,9 @@ def counting_clock(start: int = 1_700_000_000_000) -> Callable[[], int]:
 
 _PUBLIC_KEYS = st.integers(0, 9).map(operation_public_key)  # 9 is one byte short
 _SEALED_KEYS = st.integers(0, 11).map(operation_sealed_key)  # 11 is empty
+_NKEYS = st.none() | st.sampled_from(
+    [*NKEY_POOL[:3], NKEY_POOL[0][:-1] + "A"]
+)  # the last: bad checksum
 _START = Sizes(
     users=6,
     rooms=3,
@@ -127,6 +133,11 @@ class StoreAgreement(RuleBasedStateMachine):
         self._kv: KVStore | None = None
         self._kv_namespace: DisposableNamespace | None = None
         self._kv_clock = counting_clock()
+        self._served: MemoryStore | None = None
+        self._service: MembershipService | None = None
+        self._service_nc: Client | None = None
+        self._client_nc: Client | None = None
+        self._remote: ServiceStore | None = None
         self._mirror: DisposableNamespace | None = None
         self._mirrored: Snapshot | None = None
         self._runs = {"fresh": 0, "mirror": 0}
@@ -147,8 +158,13 @@ class StoreAgreement(RuleBasedStateMachine):
 
     @property
     def stores(self) -> dict[str, Store]:
-        assert self._sqlite is not None and self._kv is not None
-        return {"memory": self._memory, "sqlite": self._sqlite, "kv": self._kv}
+        assert self._sqlite is not None and self._kv is not None and self._remote is not None
+        return {
+            "memory": self._memory,
+            "sqlite": self._sqlite,
+            "kv": self._kv,
+            "service": self._remote,
+        }
 
     def _open_kv(self, ns: DisposableNamespace, *, create: bool) -> KVStore:
         if self._nc is None:
@@ -159,7 +175,7 @@ class StoreAgreement(RuleBasedStateMachine):
         """Apply ``op`` to every store; results (or errors) must be equal."""
         results = {name: self._run(op.outcome(store)) for name, store in self.stores.items()}
         expected = results["memory"]
-        for name in ("sqlite", "kv"):
+        for name in ("sqlite", "kv", "service"):
             assert results[name] == expected, (
                 f"{op!r}: the stores disagree\n  memory: {expected!r}\n  {name}: {results[name]!r}"
             )
@@ -170,9 +186,11 @@ class StoreAgreement(RuleBasedStateMachine):
     def _snapshots_agree(self, when: str) -> Snapshot:
         reference = self._run(self._memory.export_snapshot())
         assert self._sqlite is not None and self._kv is not None
+        assert self._remote is not None
         for name, snap in (
             ("SQLite", self._sqlite.read_snapshot()),
             ("KV", self._run(self._kv.export_snapshot())),
+            ("service", self._run(self._remote.export_snapshot())),
         ):
             try:
                 assert_parity(reference, snap, source_name="memory", target_name=name)
@@ -191,7 +209,21 @@ class StoreAgreement(RuleBasedStateMachine):
         self._kv_namespace = self._namespace()
         self._kv = self._open_kv(self._kv_namespace, create=True)
         self._run(self._kv.import_snapshot(state))
+        self._start_service(state)
         self._snapshots_agree("after loading the initial state")
+
+    def _start_service(self, state: Snapshot) -> None:
+        """The fourth implementation: ``membershipd serve``'s service over NATS, in front
+        of a reference store of its own, driven through :class:`ServiceStore`."""
+        assert self._kv_namespace is not None
+        target = self._kv_namespace.target
+        prefix = f"sm.{self._kv_namespace.prefix}"
+        self._served = MemoryStore(state, clock=counting_clock())
+        self._service_nc = self._run(connect_nats(target))
+        self._service = MembershipService(self._service_nc, self._served, subject_prefix=prefix)
+        self._run(self._service.start())
+        self._client_nc = self._run(connect_nats(target))
+        self._remote = ServiceStore(self._client_nc, prefix)
 
     # -- choosing ids --------------------------------------------------------------------
     #
@@ -229,11 +261,24 @@ class StoreAgreement(RuleBasedStateMachine):
 
     # -- the Store API --------------------------------------------------------------------
 
-    @rule(data=st.data(), key=_PUBLIC_KEYS, created_at=st.none() | st.integers(0, 2**63 - 1))
-    def add_user(self, data: st.DataObject, key: bytes, created_at: int | None) -> None:
+    @rule(
+        data=st.data(),
+        key=_PUBLIC_KEYS,
+        created_at=st.none() | st.integers(0, 2**63 - 1),
+        nkey=_NKEYS,
+    )
+    def add_user(
+        self, data: st.DataObject, key: bytes, created_at: int | None, nkey: str | None
+    ) -> None:
         given = () if created_at is None else (("created_at", created_at),)
+        if nkey is not None:
+            given += (("nkey", nkey),)
         user = self._user(data, new=True)
         self._same(Operation("add_user", (user, key), given), wrote=True)
+
+    @rule(data=st.data(), nkey=_NKEYS)
+    def set_user_nkey(self, data: st.DataObject, nkey: str | None) -> None:
+        self._same(Operation("set_user_nkey", (self._user(data), nkey)), wrote=True)
 
     @rule(data=st.data())
     def revoke_user(self, data: st.DataObject) -> None:
@@ -268,6 +313,10 @@ class StoreAgreement(RuleBasedStateMachine):
     @rule(data=st.data())
     def get_user(self, data: st.DataObject) -> None:
         self._same(Operation("get_user", (self._user(data),)), wrote=False)
+
+    @rule(data=st.data())
+    def get_member(self, data: st.DataObject) -> None:
+        self._same(Operation("get_member", self._member(data)), wrote=False)
 
     @rule(data=st.data())
     def get_room(self, data: st.DataObject) -> None:
@@ -374,6 +423,11 @@ class StoreAgreement(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
+            if self._service is not None:
+                self._run(self._service.stop())
+            for nc in (self._client_nc, self._service_nc):
+                if nc is not None:
+                    self._run(nc.close())
             if self._sqlite is not None:
                 self._run(self._sqlite.close())
             for ns in list(self._namespaces):

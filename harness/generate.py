@@ -147,7 +147,9 @@ def generate(db: Path, shape: Shape) -> dict[str, int]:
     try:
         conn.execute("PRAGMA synchronous = OFF")
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?)", users)
+        conn.executemany(
+            "INSERT INTO users (id, public_key, status, created_at) VALUES (?, ?, ?, ?)", users
+        )
         conn.executemany("INSERT INTO rooms VALUES (?, ?, ?)", room_rows)
         conn.executemany("INSERT INTO members VALUES (?, ?, ?, ?)", _members(shape, rooms))
         conn.executemany(

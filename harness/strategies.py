@@ -60,12 +60,14 @@ from membership.model import (
     Status,
     User,
 )
-from membership.sqlite import SQLiteStore
+from membership.nkey import user_keypair_from_raw
+from membership.sqlite import APPLICATION_ID, SCHEMA_SQL_V1, SQLiteStore
 from membership.store import Store
 
 __all__ = [
     "DIRT_KINDS",
     "LARGE",
+    "NKEY_POOL",
     "OPERATION_IDS",
     "SMALL",
     "SPECIAL_IDS",
@@ -175,6 +177,12 @@ def key_material(seed: int, size: int) -> bytes:
     return bytes(out[:size])
 
 
+NKEY_POOL: tuple[str, ...] = tuple(
+    user_keypair_from_raw(key_material(10_000 + i, 32)).public for i in range(24)
+)
+"""Public user nkeys for generated users (deterministic; their seeds are no secret)."""
+
+
 # -- sizes and choosers ------------------------------------------------------------------------
 
 
@@ -206,6 +214,10 @@ class Chooser(Protocol):
     def public_key(self) -> bytes: ...
     def sealed_key(self) -> bytes: ...
     def timestamp(self) -> int: ...
+    def nkey(self) -> str | None:
+        """A user's NATS identity from :data:`NKEY_POOL`, or None (no identity)."""
+        ...
+
     def epoch(self, top: int | None = None) -> int:
         """An epoch ``<= top`` (biased to ``top`` and small ones), or any if ``top`` is None."""
         ...
@@ -239,6 +251,10 @@ class DrawChooser:
     def timestamp(self) -> int:
         return int(self._draw(_TIMESTAMPS))
 
+    def nkey(self) -> str | None:
+        found: str | None = self._draw(_NKEYS)
+        return found
+
     def epoch(self, top: int | None = None) -> int:
         if top is None:
             return int(self._draw(_EPOCHS))
@@ -262,6 +278,7 @@ _SEALED_KEYS = st.one_of(
         st.sampled_from([1, 255, 256, 1000, MAX_SEALED_KEY_BYTES]),
     ),
 )
+_NKEYS = st.one_of(st.none(), st.sampled_from(NKEY_POOL))
 _TIMESTAMPS = st.one_of(st.integers(0, 2**42), st.sampled_from([0, 1_764_547_200_000, MAX_INT]))
 _EPOCHS = st.one_of(st.integers(1, 6), st.sampled_from([MAX_INT - 1]), st.integers(1, MAX_INT))
 
@@ -301,6 +318,9 @@ class RandomChooser:
     def timestamp(self) -> int:
         return self._rng.choice([0, MAX_INT, self._rng.randint(0, 2**42)])
 
+    def nkey(self) -> str | None:
+        return None if self._rng.random() < 0.4 else self._rng.choice(NKEY_POOL)
+
     def epoch(self, top: int | None = None) -> int:
         if top is None:
             return self._rng.choice([1, 1, 2, 3, 5, self._rng.randint(1, 40), MAX_INT - 1])
@@ -331,10 +351,15 @@ def _distinct_ids(c: Chooser, lo: int, hi: int, taken: set[str] | None = None) -
 
 def _valid(c: Chooser, sizes: Sizes) -> Snapshot:
     statuses: tuple[Status, ...] = ("active", "active", "revoked")
-    users = [
-        User(uid, c.public_key(), c.pick(statuses), c.timestamp())
-        for uid in _distinct_ids(c, sizes.min_users, sizes.users)
-    ]
+    users = []
+    nkeys_taken: set[str] = set()
+    for uid in _distinct_ids(c, sizes.min_users, sizes.users):
+        user = User(uid, c.public_key(), c.pick(statuses), c.timestamp())
+        nkey = c.nkey()
+        if nkey is not None and nkey not in nkeys_taken:  # one identity, one user
+            nkeys_taken.add(nkey)
+            user = replace(user, nkey=nkey)
+        users.append(user)
     # Room ids may equal user ids: they live in other buckets and must not collide.
     rooms = [
         Room(rid, min(c.epoch(), sizes.max_epoch), c.timestamp())
@@ -378,6 +403,7 @@ DIRT_KINDS: tuple[str, ...] = (
     "sealed key of a non-member at the current epoch",
     "sealed key of a missing room",
     "sealed key of a missing user",
+    "users sharing an nkey",
 )
 
 
@@ -463,6 +489,12 @@ def _add_dirt(c: Chooser, snap: Snapshot, kind: str) -> Snapshot:
         uid = _fresh_id(c, taken)
         epoch = c.epoch(room.epoch)
         keys[(room.id, epoch, uid)] = SealedKeyRecord(room.id, epoch, uid, c.sealed_key())
+    elif kind == "users sharing an nkey":
+        first = some_user()
+        second = _fresh_id(c, taken)
+        nkey = users[first].nkey or c.pick(NKEY_POOL)
+        users[first] = replace(users[first], nkey=nkey)
+        users[second] = User(second, c.public_key(), "active", c.timestamp(), nkey)
     else:
         raise ValueError(f"unknown dirt kind {kind!r}")
     return Snapshot(
@@ -528,6 +560,8 @@ def _changed(c: Chooser, snap: Snapshot) -> Snapshot:
                 if isinstance(record, User):
                     flipped: Status = "revoked" if record.status == "active" else "active"
                     record = replace(record, status=flipped)
+                    if c.boolean():  # a changed identity too (S2 may then share one: dirt)
+                        record = replace(record, nkey=c.nkey())
                 elif isinstance(record, Room) and record.epoch < MAX_INT:
                     record = replace(record, epoch=record.epoch + 1)
                 elif isinstance(record, Member):
@@ -573,25 +607,48 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError(f"{coro!r} suspended; run it on an event loop instead")
 
 
-def write_sqlite(snapshot: Snapshot, path: str | Path) -> Path:
+def write_sqlite(
+    snapshot: Snapshot, path: str | Path, *, schema_version: int = SCHEMA_VERSION
+) -> Path:
     """Write ``snapshot`` exactly (legacy dirt included) into a new membership database.
 
     The file is created with the product's own schema (``SQLiteStore.open(create=True)``);
-    the rows go in with raw SQL, since the API refuses the dirty ones.
+    the rows go in with raw SQL, since the API refuses the dirty ones. With
+    ``schema_version=1`` the file is what an earlier release made (:data:`SCHEMA_SQL_V1`,
+    no nkeys: the users' nkeys must all be None).
     """
     p = Path(path)
     if p.exists():
         raise FileExistsError(f"{p} exists; write_sqlite makes a fresh database")
     if snapshot.schema_version != SCHEMA_VERSION:
         raise ValueError(f"schema_version {snapshot.schema_version} is not {SCHEMA_VERSION}")
-    run_sync(SQLiteStore.open(p, create=True).close())
+    if schema_version == 1:
+        if any(u.nkey is not None for u in snapshot.users):
+            raise ValueError("a schema version 1 file has no nkeys")
+        conn = sqlite3.connect(p, isolation_level=None)
+        conn.executescript(SCHEMA_SQL_V1)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.close()
+    elif schema_version == SCHEMA_VERSION:
+        run_sync(SQLiteStore.open(p, create=True).close())
+    else:
+        raise ValueError(f"write_sqlite writes schema version 1 or {SCHEMA_VERSION}")
     conn = sqlite3.connect(p, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT INTO users (id, public_key, status, created_at) VALUES (?, ?, ?, ?)",
-            [(u.id, u.public_key, u.status, u.created_at) for u in snapshot.users],
-        )
+        if schema_version == 1:
+            conn.executemany(
+                "INSERT INTO users (id, public_key, status, created_at) VALUES (?, ?, ?, ?)",
+                [(u.id, u.public_key, u.status, u.created_at) for u in snapshot.users],
+            )
+        else:
+            conn.executemany(
+                "INSERT INTO users (id, public_key, status, created_at, nkey) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(u.id, u.public_key, u.status, u.created_at, u.nkey) for u in snapshot.users],
+            )
         conn.executemany(
             "INSERT INTO rooms (id, epoch, created_at) VALUES (?, ?, ?)",
             [(r.id, r.epoch, r.created_at) for r in snapshot.rooms],
@@ -626,6 +683,7 @@ OPERATION_IDS: tuple[str, ...] = (
 """A small pool, so that operations meet each other (duplicates, missing, revoked ...)."""
 
 _BAD_IDS: tuple[str, ...] = ("", "x" * (MAX_ID_BYTES + 1))
+_BAD_NKEY = NKEY_POOL[0][:-1] + ("A" if NKEY_POOL[0][-1] != "A" else "B")  # checksum broken
 
 
 def operation_public_key(i: int) -> bytes:
@@ -677,9 +735,16 @@ def operations(pool: Sequence[str] = OPERATION_IDS) -> st.SearchStrategy[Operati
     def op(name: str, *args: st.SearchStrategy[Any]) -> st.SearchStrategy[Operation]:
         return st.tuples(*args).map(lambda a: Operation(name, a))
 
+    nkey = st.one_of(st.none(), st.sampled_from([*NKEY_POOL[:3], _BAD_NKEY]))
+
+    def add_with_nkey(args: tuple[str, bytes, str | None]) -> Operation:
+        return Operation("add_user", args[:2], (("nkey", args[2]),))
+
     return st.one_of(
         op("add_user", some_id, pk),
         op("add_user", good_id, pk),
+        st.tuples(good_id, pk, nkey).map(add_with_nkey),
+        op("set_user_nkey", some_id, nkey),
         op("revoke_user", some_id),
         op("create_room", good_id, some_id),
         op("add_member", good_id, some_id),
@@ -690,6 +755,7 @@ def operations(pool: Sequence[str] = OPERATION_IDS) -> st.SearchStrategy[Operati
         op("put_sealed_key", good_id, good_id, sealed),
         op("get_user", some_id),
         op("get_room", good_id),
+        op("get_member", good_id, some_id),
         op("get_sealed_key", good_id, good_id, st.one_of(st.none(), st.integers(0, 4))),
         op("list_members", st.one_of(st.none(), good_id)),
         op("list_sealed_keys", st.one_of(st.none(), good_id)),
@@ -707,7 +773,12 @@ def setup_operations(draw: st.DrawFn, pool: Sequence[str] = OPERATION_IDS) -> li
     """Users, rooms owned by them, members: a start that lets random operations succeed."""
     users = draw(st.lists(st.sampled_from(pool), unique=True, min_size=1, max_size=len(pool)))
     ops = [
-        Operation("add_user", (u, key_material(i, PUBLIC_KEY_BYTES))) for i, u in enumerate(users)
+        Operation(
+            "add_user",
+            (u, key_material(i, PUBLIC_KEY_BYTES)),
+            (("nkey", NKEY_POOL[i] if draw(st.booleans()) else None),),
+        )
+        for i, u in enumerate(users)
     ]
     for room in draw(st.lists(st.sampled_from(pool), unique=True, max_size=4)):
         owner = draw(st.sampled_from(users))

@@ -38,6 +38,7 @@ from .audit import FindingsCollector
 from .canonical import KINDS, SnapshotDigest, row_encoder
 from .errors import MembershipError, StoreError
 from .kv import RowKeys
+from .model import SCHEMA_VERSION
 from .sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def feeder(
 
         def feed(payload: bytes, row: tuple[Any, ...]) -> None:
             add(payload)
-            findings.user(row[0], row[2])
+            findings.user(row[0], row[2], row[4])
 
     elif kind == "rooms":
 
@@ -193,7 +194,7 @@ def summarise_source(
     store = SQLiteStore.open(db)
     try:
         with store.consistent_read():
-            digest = SnapshotDigest(store.schema_version)
+            digest = SnapshotDigest(SCHEMA_VERSION)
             findings = FindingsCollector()
             keys = RowKeys()
             counts: dict[str, int] = {}
@@ -205,7 +206,7 @@ def summarise_source(
                 )
                 digest.end()
             return SourceSummary(
-                schema_version=store.schema_version,
+                schema_version=SCHEMA_VERSION,
                 counts=counts,
                 set_hashes=hashes,
                 digest=digest.hexdigest(),

@@ -20,7 +20,7 @@ def invariant_findings(snapshot: Snapshot) -> list[str]:
     """One line per violation, in kind and primary-key order."""
     collector = FindingsCollector()
     for u in snapshot.users:
-        collector.user(u.id, u.status)
+        collector.user(u.id, u.status, u.nkey)
     for r in snapshot.rooms:
         collector.room(r.id, r.epoch)
     for m in snapshot.members:
@@ -37,13 +37,16 @@ class FindingsCollector:
 
     def __init__(self) -> None:
         self._users: dict[str, str] = {}
+        self._nkeys: dict[str, list[str]] = {}
         self._rooms: dict[str, int] = {}
         self._members: set[tuple[str, str]] = set()
         self._member_lines: list[str] = []
         self._key_lines: list[str] = []
 
-    def user(self, user_id: str, status: str) -> None:
+    def user(self, user_id: str, status: str, nkey: str | None = None) -> None:
         self._users[user_id] = status
+        if nkey is not None:
+            self._nkeys.setdefault(nkey, []).append(user_id)
 
     def room(self, room_id: str, epoch: int) -> None:
         self._rooms[room_id] = epoch
@@ -90,4 +93,10 @@ class FindingsCollector:
         return check
 
     def findings(self) -> list[str]:
-        return [*self._member_lines, *self._key_lines]
+        shared = [
+            f"users {', '.join(repr(u) for u in holders)}: share the nkey {nkey} "
+            "(one identity for several users: none of them is let in)"
+            for nkey, holders in sorted(self._nkeys.items(), key=lambda item: item[1])
+            if len(holders) > 1
+        ]
+        return [*shared, *self._member_lines, *self._key_lines]

@@ -26,7 +26,7 @@ from json.encoder import encode_basestring
 from typing import IO, Any, Final
 
 from .errors import DataError, MembershipError
-from .model import Member, Record, Room, SealedKeyRecord, Snapshot, User
+from .model import SCHEMA_VERSION, Member, Record, Room, SealedKeyRecord, Snapshot, User
 
 __all__ = [
     "KINDS",
@@ -58,8 +58,19 @@ RECORD_TYPES: Final[dict[str, type[Record]]] = {
 }
 KIND_OF: Final[dict[type[Record], str]] = {v: k for k, v in RECORD_TYPES.items()}
 
+
+class _OptionalStr:
+    """Field type marker: a JSON string or null."""
+
+
 _FIELDS: Final[dict[str, dict[str, type]]] = {
-    "users": {"id": str, "public_key": bytes, "status": str, "created_at": int},
+    "users": {
+        "id": str,
+        "public_key": bytes,
+        "status": str,
+        "created_at": int,
+        "nkey": _OptionalStr,
+    },
     "rooms": {"id": str, "epoch": int, "created_at": int},
     "members": {"room_id": str, "user_id": str, "role": str, "joined_epoch": int},
     "sealed_keys": {"room_id": str, "epoch": int, "user_id": str, "sealed_key": bytes},
@@ -87,18 +98,24 @@ def encode_record(record: Record) -> bytes:
     return dumps(record_to_dict(record)).encode("utf-8")
 
 
-def record_from_dict(kind: str, data: Mapping[str, Any]) -> Record:
+def record_from_dict(
+    kind: str, data: Mapping[str, Any], schema_version: int = SCHEMA_VERSION
+) -> Record:
     """Build a record of ``kind`` from its canonical dict, checking every field.
 
     Raises :class:`DataError` (never ``KeyError``/``TypeError``) for anything that is
     not exactly a record of that kind: missing or extra fields, wrong JSON types,
-    bad base64, values outside their domain.
+    bad base64, values outside their domain. With ``schema_version`` 1 (a namespace
+    not upgraded yet) a user may come in its version 1 form, without ``nkey``, and
+    reads as a version 2 user with none.
     """
     fields = _FIELDS.get(kind)
     if fields is None:
         raise DataError(f"unknown record kind {kind!r}")
     if not isinstance(data, Mapping):
         raise DataError(f"{kind} record must be a JSON object, not {type(data).__name__}")
+    if schema_version < 2 and kind == "users" and "nkey" not in data:
+        data = {**data, "nkey": None}
     if set(data) != set(fields):
         missing = sorted(set(fields) - set(data))
         extra = sorted(set(data) - set(fields))
@@ -119,6 +136,10 @@ def record_from_dict(kind: str, data: Mapping[str, Any]) -> Record:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise DataError(f"{kind} record field {name} must be an integer")
             values[name] = value
+        elif typ is _OptionalStr:
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{kind} record field {name} must be a string or null")
+            values[name] = value
         else:
             if not isinstance(value, str):
                 raise DataError(f"{kind} record field {name} must be a string")
@@ -129,13 +150,16 @@ def record_from_dict(kind: str, data: Mapping[str, Any]) -> Record:
         raise DataError(f"{kind} record out of domain: {exc}") from None
 
 
-def decode_record(kind: str, raw: bytes) -> Record:
-    """Parse a KV value back into a record; :class:`DataError` if it is not one."""
+def decode_record(kind: str, raw: bytes, schema_version: int = SCHEMA_VERSION) -> Record:
+    """Parse a KV value back into a record; :class:`DataError` if it is not one.
+
+    ``schema_version``: that of the namespace the value comes from
+    (:func:`record_from_dict`)."""
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise DataError(f"{kind} value is not UTF-8 JSON") from None
-    return record_from_dict(kind, data)
+    return record_from_dict(kind, data, schema_version)
 
 
 def snapshot_to_dict(snapshot: Snapshot) -> dict[str, Any]:
@@ -195,18 +219,24 @@ def decode_snapshot(text: str | bytes) -> Snapshot:
     version = data["schema_version"]
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise DataError("snapshot schema_version must be a positive integer")
+    if version > SCHEMA_VERSION:
+        raise DataError(
+            f"snapshot schema_version {version} is newer than this membershipd "
+            f"understands ({SCHEMA_VERSION})"
+        )
     lists: dict[str, tuple[Any, ...]] = {}
     for kind in KINDS:
         items = data[kind]
         if not isinstance(items, list):
             raise DataError(f"snapshot {kind} must be a list")
-        lists[kind] = tuple(record_from_dict(kind, item) for item in items)
+        lists[kind] = tuple(record_from_dict(kind, item, version) for item in items)
+    # An older snapshot reads as the current schema (version 1 users get no nkey).
     return Snapshot(
         users=lists["users"],
         rooms=lists["rooms"],
         members=lists["members"],
         sealed_keys=lists["sealed_keys"],
-        schema_version=version,
+        schema_version=SCHEMA_VERSION,
     )
 
 
@@ -214,7 +244,7 @@ def decode_snapshot(text: str | bytes) -> Snapshot:
 
 _b64 = binascii.b2a_base64
 _ROW_FORMAT: Final = {
-    "users": '{{"created_at":{3:d},"id":{0},"public_key":"{1}","status":{2}}}',
+    "users": '{{"created_at":{3:d},"id":{0},"nkey":{4},"public_key":"{1}","status":{2}}}',
     "rooms": '{{"created_at":{2:d},"epoch":{1:d},"id":{0}}}',
     "members": '{{"joined_epoch":{3:d},"role":{2},"room_id":{0},"user_id":{1}}}',
     "sealed_keys": '{{"epoch":{1:d},"room_id":{0},"sealed_key":"{3}","user_id":{2}}}',
@@ -248,12 +278,13 @@ def encode_row(kind: str, row: Sequence[Any]) -> bytes:
             joined_epoch,
         )
     elif kind == "users":
-        user_id, public_key, status, created_at = row
+        user_id, public_key, status, created_at, nkey = row
         text = _ROW_FORMAT[kind].format(
             encode_basestring(user_id),
             _b64(public_key, newline=False).decode("ascii"),
             encode_basestring(status),
             created_at,
+            "null" if nkey is None else encode_basestring(nkey),
         )
     elif kind == "rooms":
         room_id, epoch, created_at = row
@@ -292,7 +323,11 @@ def row_encoder(kind: str) -> Callable[[Sequence[Any]], bytes]:
 
         def encode(row: Sequence[Any]) -> bytes:
             return fmt(
-                esc(row[0]), b64(row[1], newline=False).decode("ascii"), esc(row[2]), row[3]
+                esc(row[0]),
+                b64(row[1], newline=False).decode("ascii"),
+                esc(row[2]),
+                row[3],
+                "null" if row[4] is None else esc(row[4]),
             ).encode()
 
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -25,12 +26,13 @@ from .canonical import KINDS, dumps, record_to_dict, snapshot_bytes
 from .connect import NatsTarget, connect_nats
 from .errors import (
     FailedError,
+    InvalidInputError,
     MembershipError,
     ParityError,
     TargetNotEmptyError,
 )
 from .kv import DEFAULT_PREFIX, KVStore, validate_prefix
-from .model import validate_id, validate_public_key
+from .model import validate_id, validate_optional_nkey, validate_public_key
 from .sqlite import SQLiteStore
 from .store import Store
 
@@ -107,10 +109,11 @@ class StoreOptions:
     cert: str | None
     key: str | None
     bucket_prefix: str
+    seed_file: str | None = None
 
     def target(self) -> NatsTarget:
         assert self.nats_url is not None
-        return NatsTarget(self.nats_url, self.ca, self.cert, self.key)
+        return NatsTarget(self.nats_url, self.ca, self.cert, self.key, self.seed_file)
 
 
 def nats_options(func: F) -> F:
@@ -143,6 +146,13 @@ def nats_options(func: F) -> F:
                 metavar="PREFIX",
                 help="Prefix of the KV bucket names.",
             ),
+            click.option(
+                "--seed-file",
+                type=click.Path(dir_okay=False),
+                metavar="FILE",
+                help="An nkey seed (mode 0600) to authenticate with, for a server whose "
+                "authorization asks for one (as `membershipd serve` sets up: an admin's).",
+            ),
         ]
     ):
         func = option(func)
@@ -169,11 +179,12 @@ def store_options(func: F) -> F:
         cert: str | None,
         key: str | None,
         bucket_prefix: str,
+        seed_file: str | None,
         **kwargs: Any,
     ) -> Any:
         if (db is None) == (nats_url is None):
             raise click.UsageError("give exactly one of --db PATH or --nats-url URL")
-        opts = StoreOptions(db, nats_url, ca, cert, key, bucket_prefix)
+        opts = StoreOptions(db, nats_url, ca, cert, key, bucket_prefix, seed_file)
         return func(opts, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -251,7 +262,7 @@ def cli() -> None:
     help="SQLite file to create (or check).",
 )
 def init(db: Path) -> None:
-    """Create an empty membership database (schema v1, WAL).
+    """Create an empty membership database (schema v2, WAL).
 
     An existing membership database is left as it is; any other existing file is
     refused and left untouched.
@@ -292,20 +303,63 @@ def user() -> None:
     callback=hex_bytes("--public-key"),
     help="The user's X25519 public key: 32 bytes as 64 hex digits (- reads stdin).",
 )
-def user_add(opts: StoreOptions, user_id: str, public_key: bytes) -> None:
+@click.option(
+    "--nkey",
+    metavar="NKEY",
+    help="The user's NATS identity: its public nkey (U..., 56 characters). Without one the "
+    "user cannot connect to `membershipd serve`; set it later with `user set-nkey`.",
+)
+def user_add(opts: StoreOptions, user_id: str, public_key: bytes, nkey: str | None) -> None:
     """Add an active user. Creates the --db file if it does not exist.
 
     \b
     Example:
       membershipd user add --db control.db alice --public-key 1111...11
+      membershipd user add --db control.db bob --public-key 2222...22 --nkey UD3X...
     """
 
     async def go() -> None:
         validate_id(user_id, "user id")  # refuse bad input before a --db file is created
         validate_public_key(public_key)
+        validate_optional_nkey(nkey)
         async with open_store(opts, create=True) as store:
-            added = await store.add_user(user_id, public_key)
-        click.echo(f"added user {show_id(added.id)} (active)")
+            added = await store.add_user(user_id, public_key, nkey=nkey)
+        click.echo(
+            f"added user {show_id(added.id)} (active"
+            + (", with an nkey)" if added.nkey else ", no nkey yet)")
+        )
+
+    run(go())
+
+
+@user.command("set-nkey")
+@store_options
+@click.argument("user_id", metavar="ID")
+@click.argument("nkey", metavar="NKEY", required=False)
+@click.option("--clear", is_flag=True, help="Remove the user's nkey: it can no longer connect.")
+def user_set_nkey(opts: StoreOptions, user_id: str, nkey: str | None, clear: bool) -> None:
+    """Set or change a user's NATS identity (its public nkey), or --clear it.
+
+    The nkey is the *public* half (U...); the seed (SU...) stays with the user. A
+    running `membershipd serve` reloads the server's authorization at once, so the
+    old key stops working and its connections end.
+
+    \b
+    Example:
+      membershipd nkey generate --seed-file alice.seed     # on the user's machine
+      membershipd user set-nkey --db control.db alice UD3X...
+      membershipd user set-nkey --db control.db alice --clear
+    """
+    if clear == (nkey is not None):
+        raise click.UsageError("give exactly one of NKEY or --clear")
+
+    async def go() -> None:
+        async with open_store(opts) as store:
+            changed = await store.set_user_nkey(user_id, nkey)
+        click.echo(
+            f"user {show_id(changed.id)}: "
+            + (f"nkey set to {changed.nkey}" if changed.nkey else "nkey cleared")
+        )
 
     run(go())
 
@@ -341,7 +395,7 @@ def user_revoke(opts: StoreOptions, user_id: str) -> None:
 @store_options
 @json_option
 def user_list(opts: StoreOptions, as_json: bool) -> None:
-    """List users with their status.
+    """List users: id, status, created, public key (hex), nkey (- for none).
 
     \b
     Example:
@@ -355,7 +409,10 @@ def user_list(opts: StoreOptions, as_json: bool) -> None:
             emit_json([record_to_dict(u) for u in users])
             return
         for u in users:
-            click.echo(f"{show_id(u.id)}\t{u.status}\t{_ts(u.created_at)}\t{u.public_key.hex()}")
+            click.echo(
+                f"{show_id(u.id)}\t{u.status}\t{_ts(u.created_at)}\t{u.public_key.hex()}"
+                f"\t{u.nkey or '-'}"
+            )
 
     run(go())
 
@@ -681,6 +738,7 @@ def migrate_to_kv(
     cert: str | None,
     key: str | None,
     bucket_prefix: str,
+    seed_file: str | None,
     as_json: bool,
 ) -> None:
     """Copy the SQLite control plane into JetStream KV, verified, idempotently.
@@ -702,7 +760,7 @@ def migrate_to_kv(
     from .progress import for_stderr
 
     progress = for_stderr(quiet)
-    target = NatsTarget(nats_url, ca, cert, key)
+    target = NatsTarget(nats_url, ca, cert, key, seed_file)
     try:
         report = asyncio.run(
             migrate_sqlite_to_kv(
@@ -769,6 +827,7 @@ def verify(
     cert: str | None,
     key: str | None,
     bucket_prefix: str,
+    seed_file: str | None,
     as_json: bool,
 ) -> None:
     """Check parity between the SQLite file and the KV buckets.
@@ -783,7 +842,8 @@ def verify(
     """
     from .migrate import verify_parity
 
-    result = run(verify_parity(db, NatsTarget(nats_url, ca, cert, key), prefix=bucket_prefix))
+    target = NatsTarget(nats_url, ca, cert, key, seed_file)
+    result = run(verify_parity(db, target, prefix=bucket_prefix))
     if as_json:
         emit_json(result.as_dict())
     else:
@@ -870,13 +930,102 @@ def demo(keep: Path | None, as_json: bool) -> None:
         click.echo("demo: ok: parity holds and the second migration wrote nothing")
 
 
+@cli.command()
+@store_options
+@click.option("--no-backup", is_flag=True, help="Skip the backup of the SQLite file.")
+@click.option(
+    "--backup-path",
+    type=click.Path(path_type=Path),
+    metavar="P",
+    help="Where to write the backup of --db (must not exist). "
+    "Default: beside the database, <db>.backup-<UTC time>.",
+)
+@json_option
+def upgrade(opts: StoreOptions, no_backup: bool, backup_path: Path | None, as_json: bool) -> None:
+    """Upgrade a SQLite file or a KV namespace to the current schema version.
+
+    Schema version 2 added each user's NATS identity (nkey). An older store can be
+    read (export, inspect, verify, migrate-to-kv) but not written until upgraded.
+    A SQLite file is backed up first (VACUUM INTO, checked, 0600) and changed in
+    one transaction; a KV namespace has its records rewritten, then its schema
+    record. Upgrading a current store changes nothing. `migrate-to-kv` reads an
+    older SQLite file as it is and writes a current namespace.
+
+    \b
+    Example:
+      membershipd upgrade --db control.db
+      membershipd upgrade --nats-url nats://127.0.0.1:4222 --json
+    """
+    from .upgrade import upgrade_kv, upgrade_sqlite
+
+    if opts.db is not None:
+        try:
+            report = upgrade_sqlite(opts.db, backup=not no_backup, backup_path=backup_path)
+        except MembershipError as exc:
+            raise CommandError(exc) from None
+    else:
+        if no_backup or backup_path is not None:
+            raise click.UsageError("--no-backup and --backup-path apply to --db only")
+        report = run(upgrade_kv(opts.target(), opts.bucket_prefix))
+    if as_json:
+        emit_json(report.as_dict())
+    elif report.from_version == report.to_version:
+        click.echo(f"{report.store} is already at schema version {report.to_version}")
+    else:
+        click.echo(
+            f"upgraded {report.store} from schema version {report.from_version} "
+            f"to {report.to_version}"
+            + (f"; backup {report.backup}" if report.backup else "")
+            + (f"; {report.rewritten} record(s) rewritten" if opts.db is None else "")
+        )
+
+
+@cli.group()
+def nkey() -> None:
+    """Make NATS nkey identities for users (the seed stays with the user)."""
+
+
+@nkey.command("generate")
+@click.option(
+    "--seed-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    metavar="FILE",
+    help="Where to write the new seed (created 0600; an existing file is refused).",
+)
+def nkey_generate(seed_file: Path) -> None:
+    """Make a user nkey pair: the seed into FILE (0600), the public key on stdout.
+
+    The public key (U...) goes into the allowlist (`user add --nkey`, `user
+    set-nkey`); the seed (SU...) is the user's secret and never leaves its machine.
+
+    \b
+    Example:
+      membershipd nkey generate --seed-file ~/.config/unibus/alice.seed
+    """
+    from .nkey import generate_user_keypair
+
+    pair = generate_user_keypair()
+    try:
+        fd = os.open(seed_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        fail(InvalidInputError(f"--seed-file {seed_file} exists; a seed is never overwritten"))
+    except OSError as exc:
+        fail(InvalidInputError(f"--seed-file {seed_file}: cannot create it ({exc.strerror})"))
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pair.seed + b"\n")
+    click.echo(pair.public)
+
+
 # -- commands that live in their own modules ------------------------------------------------
 # Each registers itself below with one import and one ``cli.add_command(...)`` line; those
 # modules import what they need (store_options, run, emit_json ...) from this one.
 
 from .cli_cluster import cluster  # noqa: E402
+from .cli_serve import serve_command  # noqa: E402
 
 cli.add_command(cluster)
+cli.add_command(serve_command)
 
 
 def main() -> None:

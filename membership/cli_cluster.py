@@ -139,9 +139,17 @@ def certs(out: Path, nodes: tuple[str, ...], cluster_name: str, days: int, as_js
 
 def node_options(func: F) -> F:
     """The flags that describe one node, shared by ``cluster config`` and ``cluster run``."""
+    return node_options_for(func, required=True)
+
+
+def node_options_for(func: F, *, required: bool) -> F:
+    """:func:`node_options`; with ``required=False`` for ``serve``, where a node is optional."""
     options = [
         click.option(
-            "--server-name", required=True, metavar="NAME", help="This node's unique name."
+            "--server-name",
+            required=required,
+            metavar="NAME",
+            help="This node's unique name." + ("" if required else " Makes serve run a node."),
         ),
         click.option(
             "--cluster-name",
@@ -200,9 +208,10 @@ def node_options(func: F) -> F:
         click.option(
             "--store-dir",
             type=click.Path(file_okay=False, path_type=Path),
-            required=True,
+            required=required,
             metavar="DIR",
-            help="This node's JetStream store directory.",
+            help="This node's JetStream store directory."
+            + ("" if required else " (Default for the embedded server: a private temporary one.)"),
         ),
     ]
     for option in reversed(options):

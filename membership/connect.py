@@ -188,12 +188,15 @@ def _redact(url: str) -> str:
 
 @dataclass(frozen=True)
 class NatsTarget:
-    """Where and how to connect: a URL (or seed list) and optional TLS material."""
+    """Where and how to connect: a URL (or seed list), optional TLS material, and
+    optionally an nkey identity (``seed_file``: a user seed, readable by its owner only)
+    for a server whose authorization asks for one (``membershipd serve`` makes such)."""
 
     url: str
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
+    seed_file: str | None = None
 
     def display(self) -> str:
         return ",".join(_redact(u) for u in split_nats_urls(self.url))
@@ -309,8 +312,18 @@ class _GuardedClient(Client):
         await super()._process_info(info, initial_connection)
 
 
-async def connect_nats(target: NatsTarget, *, name: str = "membershipd") -> Client:
+async def connect_nats(
+    target: NatsTarget,
+    *,
+    name: str = "membershipd",
+    nkey_seed: bytes | None = None,
+    inbox_prefix: str | None = None,
+) -> Client:
     """Connect, or raise :class:`NatsUnavailableError` within a few seconds.
+
+    The identity is ``nkey_seed`` (a user seed held in memory: the service's own) or
+    the seed in ``target.seed_file``; ``inbox_prefix`` replaces ``_INBOX`` for replies
+    (a user of ``membershipd serve`` may only subscribe below ``_INBOX.<its nkey>``).
 
     Every server of the seed list is tried twice at most; the last low-level error
     (refused, timeout, TLS verification, authorization) is named in the message.
@@ -320,12 +333,20 @@ async def connect_nats(target: NatsTarget, *, name: str = "membershipd") -> Clie
     """
     urls = target.check()
     tls = target.ssl_context()
+    if nkey_seed is None and target.seed_file is not None:
+        from .nkey import read_seed_file
+
+        nkey_seed = read_seed_file(target.seed_file).seed
     errors: list[BaseException] = []
     fatal = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
         errors.append(exc)
         if isinstance(exc, (ssl.SSLError, TLSRequiredError)):
+            fatal.set()
+        elif "authorization violation" in str(exc).lower():
+            # Refused credentials: another server of the same cluster (or a retry) would
+            # refuse them too; say so now instead of after a round of the whole pool.
             fatal.set()
 
     async def quiet(*_: Any) -> None:
@@ -350,6 +371,10 @@ async def connect_nats(target: NatsTarget, *, name: str = "membershipd") -> Clie
     if tls is not None:
         # Each server's certificate is checked against that server's own host name.
         options["tls"] = tls
+    if nkey_seed is not None:
+        options["nkeys_seed_str"] = nkey_seed.decode("ascii")
+    if inbox_prefix is not None:
+        options["inbox_prefix"] = inbox_prefix
     nc = _GuardedClient()
     nc.require_tls = target.tls_required
     connecting = asyncio.ensure_future(nc.connect(**options))

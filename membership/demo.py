@@ -21,10 +21,11 @@ from .connect import NatsTarget
 from .embedded import EmbeddedServer
 from .errors import BackupExistsError, FailedError
 from .migrate import MigrationReport, VerifyResult, migrate_sqlite_to_kv, verify_parity
+from .nkey import UserKeyPair, user_keypair_from_raw
 from .sqlite import SQLiteStore
 from .store import Store
 
-__all__ = ["DemoResult", "build_representative_state", "demo_key", "run_demo"]
+__all__ = ["DemoResult", "build_representative_state", "demo_key", "demo_nkey", "run_demo"]
 
 DEMO_EPOCH_MS = 1_764_547_200_000  # 2025-12-01T00:00:00Z: a fixed clock for reproducible output
 
@@ -42,10 +43,18 @@ def demo_key(label: str, size: int) -> bytes:
 USERS = ("alice", "bob", "carol", "d.o.t user", "ünï*>=/code")
 
 
+def demo_nkey(user: str) -> UserKeyPair:
+    """A user's deterministic stand-in NATS identity (its seed is no secret here)."""
+    return user_keypair_from_raw(demo_key(f"nkey/{user}", 32))
+
+
 async def build_representative_state(store: Store, *, created_at: int = DEMO_EPOCH_MS) -> None:
-    """Two rooms, one rekeyed to epoch 2, members, sealed keys across epochs, a revoked user."""
+    """Two rooms, one rekeyed to epoch 2, members, sealed keys across epochs, a revoked user;
+    NATS identities for all users but one (bob's set after he was added)."""
     for i, user in enumerate(USERS):
-        await store.add_user(user, demo_key(f"pk/{user}", 32), created_at=created_at + i)
+        nkey = demo_nkey(user).public if user in ("alice", "carol", "d.o.t user") else None
+        await store.add_user(user, demo_key(f"pk/{user}", 32), created_at=created_at + i, nkey=nkey)
+    await store.set_user_nkey("bob", demo_nkey("bob").public)
     await store.create_room("general", "alice", created_at=created_at + 10)
     await store.create_room("ops.team ü", "d.o.t user", created_at=created_at + 11)
     await store.add_member("general", "bob")

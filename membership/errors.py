@@ -8,8 +8,9 @@ its exit status by class alone (``exc.exit_code``)::
     │   ├── InvalidInputError        a malformed id, key, hex string, URL, bucket prefix ...
     │   ├── InvariantError           the request breaks a rule of the domain
     │   │   ├── NotFoundError        a user, room or membership it needs does not exist
-    │   │   ├── AlreadyExistsError   a user, room, member or sealed key that exists
+    │   │   ├── AlreadyExistsError   a user, room, member, sealed key or nkey that exists
     │   │   └── RevokedUserError     a revoked user gets no membership, no key
+    │   ├── PermissionDeniedError    a user of `serve` asked for what is not its own
     │   ├── SchemaError              not a membership database / unknown schema version
     │   ├── InsecureURLError         a remote NATS URL without --ca
     │   ├── BackupExistsError        the backup path is taken
@@ -17,6 +18,7 @@ its exit status by class alone (``exc.exit_code``)::
     └── FailedError                  exit 1: the operation ran and failed
         ├── NatsUnavailableError     unreachable server, TLS failure, lost connection
         ├── StoreError               the store failed underneath (I/O, locked, full ...)
+        │   └── ConflictError        concurrent updates of one record kept winning the race
         ├── DataError                stored data that cannot be read back as records
         ├── ParityError              the two stores differ (carries the diff)
         └── TargetNotEmptyError      KV holds records the source lacks (carries them)
@@ -35,6 +37,7 @@ __all__ = [
     "AlreadyExistsError",
     "BackupExistsError",
     "BucketConfigError",
+    "ConflictError",
     "DataError",
     "FailedError",
     "InsecureURLError",
@@ -44,6 +47,7 @@ __all__ = [
     "NatsUnavailableError",
     "NotFoundError",
     "ParityError",
+    "PermissionDeniedError",
     "RefusedError",
     "RevokedUserError",
     "SchemaError",
@@ -84,6 +88,10 @@ class RevokedUserError(InvariantError):
     """A revoked user gets no new membership and no new sealed key."""
 
 
+class PermissionDeniedError(RefusedError):
+    """A user of ``membershipd serve`` asked for something that is not its own."""
+
+
 class SchemaError(RefusedError):
     """A file or namespace that is not a membership store of a known schema version."""
 
@@ -112,6 +120,10 @@ class NatsUnavailableError(FailedError):
 
 class StoreError(FailedError):
     """The underlying store failed: I/O error, database locked, disk full, server error."""
+
+
+class ConflictError(StoreError):
+    """Concurrent updates of the same record kept winning the compare-and-swap race."""
 
 
 class DataError(FailedError):

@@ -35,7 +35,7 @@ from .audit import invariant_findings
 from .canonical import KINDS, encode_record, snapshot_bytes, snapshot_digest
 from .connect import NatsTarget, connect_nats
 from .kv import DEFAULT_PREFIX, KVStore, nats_errors, validate_prefix
-from .model import Snapshot
+from .model import SCHEMA_VERSION, Snapshot
 from .sqlite import SQLiteStore
 
 __all__ = [
@@ -108,15 +108,20 @@ class Inspection:
         }
 
 
-def inspect_snapshot(snapshot: Snapshot, store: dict[str, Any] | None = None) -> Inspection:
-    """The store-independent part: equal snapshots give equal inspections."""
+def inspect_snapshot(
+    snapshot: Snapshot, store: dict[str, Any] | None = None, stored_version: int | None = None
+) -> Inspection:
+    """The store-independent part: equal snapshots give equal inspections.
+
+    ``stored_version``: the schema version the store is written in, where it is older
+    than the snapshot's (records always read in the current schema)."""
     records: dict[str, KindStats] = {}
     for kind in KINDS:
         sizes = [len(encode_record(r)) for r in getattr(snapshot, kind)]
         records[kind] = KindStats(len(sizes), sum(sizes), max(sizes, default=0))
     epochs = Counter(room.epoch for room in snapshot.rooms)
     return Inspection(
-        schema_version=snapshot.schema_version,
+        schema_version=snapshot.schema_version if stored_version is None else stored_version,
         digest=snapshot_digest(snapshot),
         export_bytes=len(snapshot_bytes(snapshot)),
         records=records,
@@ -146,7 +151,9 @@ async def inspect_sqlite(db: str | os.PathLike[str]) -> Inspection:
     finally:
         await source.close()
     return inspect_snapshot(
-        snapshot, {"kind": "sqlite", "path": str(path), "file_bytes": _file_bytes(path)}
+        snapshot,
+        {"kind": "sqlite", "path": str(path), "file_bytes": _file_bytes(path)},
+        source.schema_version,
     )
 
 
@@ -188,6 +195,7 @@ async def inspect_kv(target: NatsTarget, prefix: str = DEFAULT_PREFIX) -> Inspec
             "prefix": prefix,
             "buckets": {name: stats.as_dict() for name, stats in sorted(buckets.items())},
         },
+        kv.schema_version,
     )
 
 
@@ -221,7 +229,12 @@ def format_inspection(inspection: Inspection) -> list[str]:
             f"store           JetStream KV {store['url']}, bucket prefix {store['prefix']}"
         )
     lines += [
-        f"schema version  {inspection.schema_version}",
+        f"schema version  {inspection.schema_version}"
+        + (
+            f" (reads as {SCHEMA_VERSION}; `membershipd upgrade` makes it writable)"
+            if inspection.schema_version < SCHEMA_VERSION
+            else ""
+        ),
         f"digest          {inspection.digest}",
         f"export size     {inspection.export_bytes} bytes",
         "",

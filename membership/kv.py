@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -40,6 +41,7 @@ from .canonical import KINDS, decode_record, dumps, encode_record
 from .cluster import STREAM_OFFLINE, describe_offline_stream
 from .errors import (
     BucketConfigError,
+    ConflictError,
     DataError,
     InvalidInputError,
     MembershipError,
@@ -50,6 +52,7 @@ from .errors import (
 )
 from .keycodec import encode_id, member_key, sealed_key_key
 from .model import (
+    OLDEST_SCHEMA_VERSION,
     SCHEMA_VERSION,
     Member,
     Record,
@@ -61,6 +64,7 @@ from .model import (
     now_ms,
     validate_epoch,
     validate_id,
+    validate_optional_nkey,
     validate_public_key,
     validate_sealed_key,
 )
@@ -93,7 +97,7 @@ _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _KV_OP: Final = "KV-Operation"
 _EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST: Final = (10071, 10164)
-_CAS_RETRIES: Final = 20
+_CAS_RETRIES: Final = 60
 ACK_TIMEOUT: Final = 10.0
 WRITE_WINDOW: Final = 4096
 """Unacknowledged publishes in flight at most (a bounded window: memory stays flat)."""
@@ -434,7 +438,53 @@ class KVStore:
                 f"KV namespace {self.prefix!r} has schema version {version}, newer than this "
                 f"membershipd understands ({SCHEMA_VERSION}); upgrade unibus-membership"
             )
+        if version < OLDEST_SCHEMA_VERSION:
+            raise SchemaError(f"KV namespace {self.prefix!r} has unknown schema version {version}")
         return int(version)
+
+    def require_current_schema(self) -> None:
+        """Refuse to write to a namespace of an older schema version (reading is fine)."""
+        if self.schema_version < SCHEMA_VERSION:
+            raise SchemaError(
+                f"KV namespace {self.prefix!r} has schema version {self.schema_version}; this "
+                f"membershipd writes version {SCHEMA_VERSION}: run `membershipd upgrade "
+                "--nats-url URL` first"
+            )
+
+    async def upgrade(self) -> tuple[list[int], int]:
+        """Take the namespace to :data:`SCHEMA_VERSION`: rewrite every record whose
+        stored form is older, then the schema record, last. Returns (versions passed
+        through, records rewritten).
+
+        Each rewrite is a compare-and-swap against the revision read, so a record
+        changed meanwhile is read again; a run cut short leaves the schema record as it
+        was and a re-run finishes the job (a record already in the new form is skipped).
+        """
+        version = await self.read_schema_version()
+        if version is None:
+            raise SchemaError(f"bucket {self.buckets['meta']} has no schema record")
+        self.schema_version = version
+        if version >= SCHEMA_VERSION:
+            return [], 0
+        rewritten = 0
+        for entry in await self.scan("users"):
+            key = entry.key
+
+            async def rewrite(key: str = key) -> bool:
+                got = await self._get_raw("users", key)
+                if got is None or got.revision < 0:
+                    return False
+                current = encode_record(self._decode("users", got))
+                if current == got.value:
+                    return False
+                await self._cas("users", key, current, got.revision)
+                return True
+
+            async with nats_errors(f"upgrading {self.buckets['users']}"):
+                rewritten += await self._retry(rewrite)
+        await self.write_schema_version(SCHEMA_VERSION)
+        self.schema_version = SCHEMA_VERSION
+        return list(range(version + 1, SCHEMA_VERSION + 1)), rewritten
 
     async def write_schema_version(self, version: int) -> bool:
         """Write the schema record unless it already says ``version``; True if written."""
@@ -469,7 +519,7 @@ class KVStore:
         return self._decode(kind, entry), entry.revision
 
     def _decode(self, kind: str, entry: Entry) -> Any:
-        record = decode_record(kind, entry.value)
+        record = decode_record(kind, entry.value, self.schema_version)
         if key_of(record) != entry.key:
             raise DataError(
                 f"bucket {self.buckets[kind]}: the value under key {entry.key!r} is a record "
@@ -492,12 +542,18 @@ class KVStore:
         return int(ack.seq)
 
     async def _retry(self, op: Callable[[], Awaitable[T]]) -> T:
-        for _ in range(_CAS_RETRIES):
+        """Run a read-check-CAS ``op`` until its compare-and-swap wins.
+
+        A lost race re-reads and re-checks (the rules hold against what is there now).
+        Between tries a random pause that grows with each loss spreads the contenders
+        out, so even dozens of writers at one room's epoch all get through.
+        """
+        for tries in range(_CAS_RETRIES):
             try:
                 return await op()
             except _Conflict:
-                await asyncio.sleep(0)
-        raise StoreError(
+                await asyncio.sleep(random.uniform(0, min(0.001 * 2 ** min(tries, 7), 0.1)))
+        raise ConflictError(
             f"KV namespace {self.prefix!r}: {_CAS_RETRIES} concurrent updates in a row "
             "won the race; retry the command"
         )
@@ -549,26 +605,63 @@ class KVStore:
 
     # -- users --------------------------------------------------------------------
 
+    async def _users_with_nkey(self, nkey: str | None) -> list[str]:
+        """Users whose identity is ``nkey``: a scan of the users bucket (an admin
+        operation; the allowlist's authorization leaves out any nkey two users share,
+        so a race between two such writes cannot let one act as the other)."""
+        if nkey is None:
+            return []
+        return sorted(u.id for u in await self._records("users") if u.nkey == nkey)
+
     async def add_user(
-        self, user_id: str, public_key: bytes, *, created_at: int | None = None
+        self,
+        user_id: str,
+        public_key: bytes,
+        *,
+        created_at: int | None = None,
+        nkey: str | None = None,
     ) -> User:
         validate_id(user_id, "user id")
         validate_public_key(public_key)
+        validate_optional_nkey(nkey)
+        self.require_current_schema()
         key = encode_id(user_id)
 
         async def op() -> User:
             existing, rev = await self._get("users", key)
             rules.check_new_user(existing, user_id)
+            rules.check_nkey_free(await self._users_with_nkey(nkey), nkey, user_id)
             user = User(
-                user_id, public_key, "active", self._clock() if created_at is None else created_at
+                user_id,
+                public_key,
+                "active",
+                self._clock() if created_at is None else created_at,
+                nkey,
             )
             await self._cas("users", key, encode_record(user), rev)
             return user
 
         return await self._retry(op)
 
+    async def set_user_nkey(self, user_id: str, nkey: str | None) -> User:
+        validate_id(user_id, "user id")
+        validate_optional_nkey(nkey)
+        self.require_current_schema()
+        key = encode_id(user_id)
+
+        async def op() -> User:
+            user, rev = await self._get("users", key)
+            user = rules.check_set_nkey(user, user_id, nkey)
+            rules.check_nkey_free(await self._users_with_nkey(nkey), nkey, user_id)
+            changed = replace(user, nkey=nkey)
+            await self._cas("users", key, encode_record(changed), rev)
+            return changed
+
+        return await self._retry(op)
+
     async def revoke_user(self, user_id: str) -> Revocation:
         validate_id(user_id, "user id")
+        self.require_current_schema()
         key = encode_id(user_id)
 
         async def mark() -> tuple[User, bool]:
@@ -627,6 +720,7 @@ class KVStore:
     async def create_room(self, room_id: str, owner: str, *, created_at: int | None = None) -> Room:
         validate_id(room_id, "room id")
         validate_id(owner, "user id")
+        self.require_current_schema()
         key = encode_id(room_id)
 
         async def op() -> Room:
@@ -655,6 +749,7 @@ class KVStore:
     async def add_member(self, room_id: str, user_id: str) -> Member:
         validate_id(room_id, "room id")
         validate_id(user_id, "user id")
+        self.require_current_schema()
         key = member_key(room_id, user_id)
 
         async def op() -> Member:
@@ -671,6 +766,7 @@ class KVStore:
     async def remove_member(self, room_id: str, user_id: str) -> Room:
         validate_id(room_id, "room id")
         validate_id(user_id, "user id")
+        self.require_current_schema()
         key = member_key(room_id, user_id)
 
         async def op() -> None:
@@ -686,6 +782,12 @@ class KVStore:
             raise StoreError(f"room {room_id!r} disappeared while removing {user_id!r}")
         return room
 
+    async def get_member(self, room_id: str, user_id: str) -> Member | None:
+        validate_id(room_id, "room id")
+        validate_id(user_id, "user id")
+        member, _ = await self._get("members", member_key(room_id, user_id))
+        return member  # type: ignore[no-any-return]
+
     async def list_members(self, room_id: str | None = None) -> list[Member]:
         if room_id is None:
             return await self._records("members")
@@ -693,6 +795,7 @@ class KVStore:
 
     async def rekey(self, room_id: str) -> Room:
         validate_id(room_id, "room id")
+        self.require_current_schema()
         room = await self._bump_epoch(room_id)
         return rules.require_room(room, room_id)
 
@@ -704,6 +807,7 @@ class KVStore:
         validate_id(room_id, "room id")
         validate_id(user_id, "user id")
         validate_sealed_key(sealed_key)
+        self.require_current_schema()
 
         async def op() -> SealedKeyRecord:
             room, _ = await self._get("rooms", encode_id(room_id))
@@ -749,7 +853,9 @@ class KVStore:
             rooms=tuple(await self._records("rooms")),
             members=tuple(await self._records("members")),
             sealed_keys=tuple(await self._records("sealed_keys")),
-            schema_version=version or 0,
+            # Records read in the current form whatever the stored version (upgrade
+            # rewrites them); a namespace without a schema record shows 0.
+            schema_version=SCHEMA_VERSION if version is not None else 0,
         )
 
     async def import_snapshot(
@@ -763,6 +869,7 @@ class KVStore:
         statuses as they are), pipelined; values already equal are skipped, so a
         second import of the same snapshot writes nothing at all.
         """
+        self.require_current_schema()
         wanted = {
             kind: {key_of(r): encode_record(r) for r in getattr(snapshot, kind)} for kind in KINDS
         }
@@ -793,7 +900,7 @@ class KVStore:
                 writes.append((self.subject(kind, key), b"", {_KV_OP: "DEL"}))
                 counts[kind].pruned += 1
         await self.publish_all(writes)
-        await self.write_schema_version(snapshot.schema_version)
+        await self.write_schema_version(SCHEMA_VERSION)
         return counts
 
     def _describe(self, kind: str, key: str, value: bytes) -> str:
@@ -1109,6 +1216,7 @@ class Publisher:
         self._sub: Any = None
         self._prefix = ""
         self._reconnects = 0
+        self._resending: set[asyncio.Task[None]] = set()
         self.resent = 0
 
     async def __aenter__(self) -> Publisher:
@@ -1128,6 +1236,8 @@ class Publisher:
             if exc_type is None:
                 await self.flush()
         finally:
+            for task in list(self._resending):
+                task.cancel()
             if self._sub is not None:
                 with contextlib.suppress(Exception):
                     await self._sub.unsubscribe()
@@ -1207,6 +1317,23 @@ class Publisher:
         if self._error is not None:
             raise self._error
 
+    async def _resend_later(self, number: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        sent = self._subjects.get(number)
+        if sent is None or self._nc.is_closed:
+            return  # acknowledged meanwhile (a resend after a reconnect), or the run is over
+        subject, payload, headers = sent
+        try:
+            await self._nc.publish(
+                subject, payload, reply=f"{self._prefix}.{number}", headers=headers
+            )
+        except Exception as exc:
+            self._error = self._error or NatsUnavailableError(
+                f"{self._where}: lost the server while resending {subject} "
+                f"({exc.__class__.__name__})"
+            )
+            self._wake.set()
+
     async def _on_ack(self, msg: Any) -> None:
         try:
             number = int(msg.subject[len(self._prefix) + 1 :])
@@ -1219,20 +1346,15 @@ class Publisher:
         data = msg.data
         status = _status(msg)
         if status == "503" and self._retries.get(number, 0) < _NO_RESPONDER_RETRIES:
-            # No stream took it (a bucket just created on a cluster has no leader yet):
-            # nothing was stored, so sending it again cannot duplicate it.
+            # No stream took it (a bucket just created on a cluster has no leader yet, a
+            # restarted server is still recovering its streams): nothing was stored, so
+            # sending it again cannot duplicate it. Later, and not here: this callback
+            # takes every ack in turn, and thousands of 503s waiting in it would hold up
+            # the acks behind them for minutes.
             tries = self._retries[number] = self._retries.get(number, 0) + 1
-            await asyncio.sleep(_backoff(tries))
-            try:
-                await self._nc.publish(
-                    subject, sent[1], reply=f"{self._prefix}.{number}", headers=sent[2]
-                )
-            except Exception as exc:
-                self._error = self._error or NatsUnavailableError(
-                    f"{self._where}: lost the server while resending {subject} "
-                    f"({exc.__class__.__name__})"
-                )
-                self._wake.set()
+            task = asyncio.ensure_future(self._resend_later(number, _backoff(tries)))
+            self._resending.add(task)
+            task.add_done_callback(self._resending.discard)
             return
         del self._subjects[number]
         self._retries.pop(number, None)

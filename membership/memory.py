@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from . import rules
 from .model import (
+    SCHEMA_VERSION,
     Member,
     Revocation,
     Room,
@@ -21,6 +22,7 @@ from .model import (
     now_ms,
     validate_epoch,
     validate_id,
+    validate_optional_nkey,
     validate_public_key,
     validate_sealed_key,
 )
@@ -32,21 +34,44 @@ class MemoryStore:
     def __init__(self, snapshot: Snapshot | None = None, *, clock: Callable[[], int] = now_ms):
         self._clock = clock
         snap = snapshot or Snapshot()
-        self.schema_version = snap.schema_version
+        self.schema_version = SCHEMA_VERSION
         self._users = {u.id: u for u in snap.users}
         self._rooms = {r.id: r for r in snap.rooms}
         self._members = {m.pk: m for m in snap.members}
         self._keys = {k.pk: k for k in snap.sealed_keys}
 
+    def _users_with_nkey(self, nkey: str | None) -> list[str]:
+        return sorted(u.id for u in self._users.values() if nkey is not None and u.nkey == nkey)
+
     async def add_user(
-        self, user_id: str, public_key: bytes, *, created_at: int | None = None
+        self,
+        user_id: str,
+        public_key: bytes,
+        *,
+        created_at: int | None = None,
+        nkey: str | None = None,
     ) -> User:
         validate_id(user_id, "user id")
         validate_public_key(public_key)
+        validate_optional_nkey(nkey)
         rules.check_new_user(self._users.get(user_id), user_id)
+        rules.check_nkey_free(self._users_with_nkey(nkey), nkey, user_id)
         user = User(
-            user_id, public_key, "active", self._clock() if created_at is None else created_at
+            user_id,
+            public_key,
+            "active",
+            self._clock() if created_at is None else created_at,
+            nkey,
         )
+        self._users[user_id] = user
+        return user
+
+    async def set_user_nkey(self, user_id: str, nkey: str | None) -> User:
+        validate_id(user_id, "user id")
+        validate_optional_nkey(nkey)
+        user = rules.check_set_nkey(self._users.get(user_id), user_id, nkey)
+        rules.check_nkey_free(self._users_with_nkey(nkey), nkey, user_id)
+        user = replace(user, nkey=nkey)
         self._users[user_id] = user
         return user
 
@@ -115,6 +140,9 @@ class MemoryStore:
         del self._members[(room_id, user_id)]
         self._rooms[room_id] = room
         return room
+
+    async def get_member(self, room_id: str, user_id: str) -> Member | None:
+        return self._members.get((validate_id(room_id, "room id"), validate_id(user_id, "user id")))
 
     async def list_members(self, room_id: str | None = None) -> list[Member]:
         if room_id is not None:

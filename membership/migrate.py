@@ -99,7 +99,7 @@ from .kv import (
     StreamState,
     validate_prefix,
 )
-from .model import Record, Snapshot, now_ms
+from .model import SCHEMA_VERSION, Record, Snapshot, now_ms
 from .progress import NullProgress, Progress, as_progress
 from .sqlite import SQLiteStore
 
@@ -268,7 +268,11 @@ class _Kind:
 
 def _valid_last_run(record: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """The per-kind part of a ``last_verified_run`` record this code understands."""
-    if not record or record.get("format") != LAST_RUN_FORMAT:
+    if (
+        not record
+        or record.get("format") != LAST_RUN_FORMAT
+        or record.get("schema_version") != SCHEMA_VERSION
+    ):
         return {}
     buckets = record.get("buckets")
     if not isinstance(buckets, dict):
@@ -317,7 +321,11 @@ async def migrate_sqlite_to_kv(
         try:
             kv = KVStore(nc, prefix, source._clock)
             kv.check_bucket_config(replicas, await kv.bucket_configs())
-            await kv.read_schema_version()  # a newer namespace is refused before writing
+            # A newer namespace, or an older one not upgraded yet, is refused before writing.
+            stored = await kv.read_schema_version()
+            if stored is not None:
+                kv.schema_version = stored
+                kv.require_current_schema()
             run = _Run(source, kv, report, secrets.token_bytes(32))
 
             def take_backup() -> None:
@@ -367,7 +375,7 @@ class _Run:
         self.report = report
         self.secret = secret
         self.keys = RowKeys()
-        self.digest = SnapshotDigest(source.schema_version)
+        self.digest = SnapshotDigest(SCHEMA_VERSION)  # an older source reads as the current
         self.kinds: dict[str, _Kind] = {}
         self.schema_written = False
         self.writing = False
@@ -512,7 +520,7 @@ class _Run:
                     await publisher.publish(kv.subject(kind, key), b"", {_KV_OP: "DEL"})
                     item.counts.pruned += 1
                 self.report.advance(len(item.extras))
-        self.schema_written = await kv.write_schema_version(self.source.schema_version)
+        self.schema_written = await kv.write_schema_version(SCHEMA_VERSION)
         writes = sum(k.writes for k in self.kinds.values())
         self.report.done(f"{writes:,} writes ({publisher.acked:,} acknowledged)")
 
@@ -607,7 +615,7 @@ class _Run:
             {
                 "format": LAST_RUN_FORMAT,
                 "digest": self.digest.hexdigest(),
-                "schema_version": self.source.schema_version,
+                "schema_version": SCHEMA_VERSION,
                 "verified_at": now_ms(),
                 "buckets": buckets,
             }
@@ -836,7 +844,7 @@ async def _read_beside(
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-    if summary.schema_version != kv.schema_version:
+    if kv.schema_version != SCHEMA_VERSION:  # an older namespace: named by the exact path
         return None
     if all(summary.matches(kind, hashes[kind]) for kind in KINDS):
         return summary
@@ -846,7 +854,7 @@ async def _read_beside(
 async def _verify_exact(source: SQLiteStore, kv: KVStore, report: Progress) -> VerifyResult:
     """The key-by-key comparison in this process: every difference named."""
     kv_version = kv.schema_version
-    digest = SnapshotDigest(source.schema_version)
+    digest = SnapshotDigest(SCHEMA_VERSION)  # an older source reads as the current schema
     findings = FindingsCollector()
     counts: dict[str, int] = {}
     with source.consistent_read():
@@ -858,12 +866,11 @@ async def _verify_exact(source: SQLiteStore, kv: KVStore, report: Progress) -> V
             digest.end()
             counts[kind] = digest.count(kind)
         differences = diff.lines()
-        if source.schema_version != kv_version:
-            differences.insert(
-                0, f"schema_version: SQLite {source.schema_version}, KV {kv_version}"
-            )
+        if kv_version != SCHEMA_VERSION:  # an older namespace needs `membershipd upgrade`
+            differences.insert(0, f"schema_version: SQLite {SCHEMA_VERSION}, KV {kv_version}")
         source_digest = digest.hexdigest()
-        kv_digest = diff.kv_digest(kv_version) if differences else source_digest
+        # KV reads as the current schema too (an older namespace's records as upgraded)
+        kv_digest = diff.kv_digest(SCHEMA_VERSION) if differences else source_digest
         report.done(
             f"{sum(counts.values()):,} records compared; "
             + ("equal" if not differences else f"{len(differences)} difference(s)")

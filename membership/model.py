@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 from .errors import InvalidInputError
+from .nkey import validate_nkey
 
 __all__ = [
     "MAX_ID_BYTES",
     "MAX_INT",
     "MAX_SEALED_KEY_BYTES",
+    "OLDEST_SCHEMA_VERSION",
     "PUBLIC_KEY_BYTES",
     "SCHEMA_VERSION",
     "Member",
@@ -34,12 +36,19 @@ __all__ = [
     "now_ms",
     "validate_epoch",
     "validate_id",
+    "validate_optional_nkey",
     "validate_public_key",
     "validate_sealed_key",
 ]
 
-SCHEMA_VERSION = 1
-"""The schema version this code writes, in SQLite ``PRAGMA user_version`` and KV ``meta``."""
+SCHEMA_VERSION = 2
+"""The schema version this code writes, in SQLite ``PRAGMA user_version`` and KV ``meta``.
+
+Version 2 added the user's NATS public key (``User.nkey``). A store of version 1
+reads as version 2 with no nkeys; it takes writes again after ``membershipd upgrade``.
+"""
+OLDEST_SCHEMA_VERSION = 1
+"""The oldest schema version this code reads (and upgrades)."""
 
 MAX_ID_BYTES = 128
 PUBLIC_KEY_BYTES = 32
@@ -108,6 +117,11 @@ def validate_sealed_key(value: object) -> bytes:
     return value
 
 
+def validate_optional_nkey(value: object) -> str | None:
+    """A user's public nkey (``U…``, checksum intact), or None for a user without one."""
+    return None if value is None else validate_nkey(value)
+
+
 def _validate_choice(value: object, choices: tuple[str, ...], what: str) -> None:
     if value not in choices:
         raise InvalidInputError(f"{what} must be one of {', '.join(choices)}, not {value!r}")
@@ -115,16 +129,21 @@ def _validate_choice(value: object, choices: tuple[str, ...], what: str) -> None
 
 @dataclass(frozen=True, slots=True)
 class User:
+    """A user of the allowlist. ``nkey`` (schema v2) is the public nkey the user
+    authenticates to NATS with, or None: a user without one cannot connect."""
+
     id: str
     public_key: bytes = field(repr=False)
     status: Status
     created_at: int
+    nkey: str | None = None
 
     def __post_init__(self) -> None:
         validate_id(self.id, "user id")
         validate_public_key(self.public_key)
         _validate_choice(self.status, STATUSES, "status")
         _validate_timestamp(self.created_at)
+        validate_optional_nkey(self.nkey)
 
     @property
     def pk(self) -> tuple[str]:

@@ -22,8 +22,10 @@ __all__ = [
     "check_add_member",
     "check_create_room",
     "check_new_user",
+    "check_nkey_free",
     "check_put_sealed_key",
     "check_remove_member",
+    "check_set_nkey",
     "require_room",
     "require_user",
 ]
@@ -53,6 +55,25 @@ def _require_active(user: User) -> None:
 def check_new_user(existing: User | None, user_id: str) -> None:
     if existing is not None:
         raise AlreadyExistsError(f"user {user_id!r} already exists")
+
+
+def check_set_nkey(user: User | None, user_id: str, nkey: str | None) -> User:
+    """A user's NATS identity can be set or changed while it is active, and cleared always."""
+    found = require_user(user, user_id)
+    if nkey is not None:
+        _require_active(found)
+    return found
+
+
+def check_nkey_free(holders: list[str], nkey: str | None, user_id: str) -> None:
+    """``holders``: the ids of the users whose nkey is ``nkey`` now. One identity, one user:
+    two users sharing an nkey could act as each other."""
+    others = [holder for holder in holders if holder != user_id]
+    if nkey is not None and others:
+        raise AlreadyExistsError(
+            f"nkey {nkey} is already the NATS identity of user {others[0]!r}; "
+            "every user needs a key pair of its own"
+        )
 
 
 def check_create_room(

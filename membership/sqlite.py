@@ -7,19 +7,25 @@ before a single byte is written. Opening never changes the file: the journal mod
 is set once, by ``init``, and persists in the file.
 
 The tables admit exactly the domains of DESIGN.md (ids of 1..128 UTF-8 bytes,
-32-byte public keys, 1..4096-byte sealed keys, epochs >= 1) but no foreign keys:
-legacy files may hold orphans, and the migration must carry them faithfully.
-Every write runs in a ``BEGIN IMMEDIATE`` transaction, so its checks and its
-writes see one state.
+32-byte public keys, 1..4096-byte sealed keys, epochs >= 1, nkeys of the ``U…``
+form) but no foreign keys and no uniqueness of nkeys: legacy files may hold
+orphans, and the migration must carry them faithfully. Every write runs in a
+``BEGIN IMMEDIATE`` transaction, so its checks and its writes see one state.
+
+Schema versions: 1 had no ``users.nkey``; 2 adds it (and an index on it). A
+version 1 file reads as version 2 with no nkeys and is never modified by reading;
+writes are refused until :meth:`SQLiteStore.upgrade` (``membershipd upgrade``)
+has added the column.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -27,6 +33,7 @@ from urllib.parse import quote
 from . import rules
 from .errors import DataError, InvalidInputError, MembershipError, SchemaError, StoreError
 from .model import (
+    OLDEST_SCHEMA_VERSION,
     SCHEMA_VERSION,
     Member,
     Revocation,
@@ -37,11 +44,12 @@ from .model import (
     now_ms,
     validate_epoch,
     validate_id,
+    validate_optional_nkey,
     validate_public_key,
     validate_sealed_key,
 )
 
-__all__ = ["APPLICATION_ID", "SCHEMA_SQL", "SQLiteStore"]
+__all__ = ["APPLICATION_ID", "SCHEMA_SQL", "SCHEMA_SQL_V1", "UPGRADE_SQL", "SQLiteStore"]
 
 APPLICATION_ID: Final = 0x554E4942  # "UNIB"
 BUSY_TIMEOUT_S: Final = 5.0
@@ -49,13 +57,23 @@ BUSY_TIMEOUT_S: Final = 5.0
 _ID = "CHECK (typeof({0}) = 'text' AND length(CAST({0} AS BLOB)) BETWEEN 1 AND 128)"
 _EPOCH = "CHECK (typeof({0}) = 'integer' AND {0} >= 1)"
 
-SCHEMA_SQL: Final = f"""
+_NKEY_FORM = (
+    "(nkey IS NULL OR (typeof(nkey) = 'text' AND length(nkey) = 56 AND nkey GLOB 'U*' "
+    "AND nkey NOT GLOB '*[^A-Z2-7]*'))"
+)
+"""The shape of a public user nkey; its checksum is checked in Python on every read."""
+_NKEY_COLUMN = f"nkey        TEXT    CHECK {_NKEY_FORM}"
+
+_USERS_V1 = f"""
 CREATE TABLE users (
     id          TEXT    NOT NULL PRIMARY KEY {_ID.format("id")},
     public_key  BLOB    NOT NULL CHECK (typeof(public_key) = 'blob' AND length(public_key) = 32),
     status      TEXT    NOT NULL CHECK (status IN ('active', 'revoked')),
     created_at  INTEGER NOT NULL CHECK (typeof(created_at) = 'integer' AND created_at >= 0)
-) WITHOUT ROWID;
+) WITHOUT ROWID;"""
+_USERS_V2 = _USERS_V1.replace("created_at >= 0)\n)", f"created_at >= 0),\n    {_NKEY_COLUMN}\n)")
+_NKEY_INDEX = "CREATE INDEX users_by_nkey ON users (nkey) WHERE nkey IS NOT NULL;"
+_OTHER_TABLES = f"""
 CREATE TABLE rooms (
     id          TEXT    NOT NULL PRIMARY KEY {_ID.format("id")},
     epoch       INTEGER NOT NULL {_EPOCH.format("epoch")},
@@ -78,11 +96,19 @@ CREATE TABLE sealed_keys (
     PRIMARY KEY (room_id, epoch, user_id)
 ) WITHOUT ROWID;
 """
+SCHEMA_SQL: Final = _USERS_V2 + "\n" + _NKEY_INDEX + _OTHER_TABLES
+"""The schema ``init`` creates (version 2)."""
+SCHEMA_SQL_V1: Final = _USERS_V1 + _OTHER_TABLES
+"""Schema version 1, as earlier releases created it (for upgrades and their tests)."""
+UPGRADE_SQL: Final = {
+    2: (f"ALTER TABLE users ADD COLUMN {_NKEY_COLUMN}", _NKEY_INDEX.rstrip(";")),
+}
+"""The statements that take a file from version N - 1 to N, run in one transaction."""
 
 TABLES: Final = ("users", "rooms", "members", "sealed_keys")
 
 _SELECT: Final = {
-    "users": "SELECT id, public_key, status, created_at FROM users ORDER BY id",
+    "users": "SELECT id, public_key, status, created_at, nkey FROM users ORDER BY id",
     "rooms": "SELECT id, epoch, created_at FROM rooms ORDER BY id",
     "members": "SELECT room_id, user_id, role, joined_epoch FROM members ORDER BY room_id, user_id",
     "sealed_keys": "SELECT room_id, epoch, user_id, sealed_key FROM sealed_keys "
@@ -97,6 +123,7 @@ _DOMAIN: Final = {
             "typeof(public_key) = 'blob' AND length(public_key) = 32",
             "typeof(status) = 'text' AND status IN ('active', 'revoked')",
             "typeof(created_at) = 'integer' AND created_at >= 0",
+            _NKEY_FORM,
         )
     ),
     "rooms": " AND ".join(
@@ -128,13 +155,39 @@ constructors (and the table CHECKs), evaluated by SQLite while it scans."""
 _CHECKED_SELECT: Final = {
     kind: sql.replace(" FROM", f", ({_DOMAIN[kind]}) FROM", 1) for kind, sql in _SELECT.items()
 }
-_WIDTH: Final = {"users": 4, "rooms": 3, "members": 4, "sealed_keys": 4}
+_WIDTH: Final = {"users": 5, "rooms": 3, "members": 4, "sealed_keys": 4}
 _TEXT_SELECT: Final = {
-    "users": "SELECT id, status FROM users",
+    "users": "SELECT id, status, nkey FROM users",
     "rooms": "SELECT id FROM rooms",
     "members": "SELECT room_id, user_id, role FROM members",
     "sealed_keys": "SELECT room_id, user_id FROM sealed_keys",
 }
+
+
+@dataclass(frozen=True)
+class _Queries:
+    """The statements that read one schema version (version 1 has no ``nkey``)."""
+
+    select: dict[str, str]
+    checked: dict[str, str]
+    text: dict[str, str]
+    domain: dict[str, str]
+
+
+def _queries(version: int) -> _Queries:
+    def adapt(sql: str) -> str:
+        return re.sub(r"\bnkey\b", "NULL", sql) if version < 2 else sql
+
+    return _Queries(
+        select={k: adapt(v) for k, v in _SELECT.items()},
+        checked={k: adapt(v) for k, v in _CHECKED_SELECT.items()},
+        text={k: adapt(v) for k, v in _TEXT_SELECT.items()},
+        domain={k: adapt(v) for k, v in _DOMAIN.items()},
+    )
+
+
+_QUERIES: Final = {v: _queries(v) for v in range(OLDEST_SCHEMA_VERSION, SCHEMA_VERSION + 1)}
+
 _RECORD: Final[dict[str, Callable[..., Any]]] = {
     "users": User,
     "rooms": Room,
@@ -204,11 +257,18 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
             f"{path} has schema version {version}, newer than this membershipd "
             f"understands ({SCHEMA_VERSION}); upgrade unibus-membership"
         )
-    if version < 1:
+    if version < OLDEST_SCHEMA_VERSION:
         raise SchemaError(f"{path} has unknown schema version {version}")
     found = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if missing := [t for t in TABLES if t not in found]:
         raise SchemaError(f"{path} lacks the tables {', '.join(missing)}; it is damaged")
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(users)")}
+    if ("nkey" in columns) != (version >= 2):
+        raise SchemaError(
+            f"{path} says schema version {version} but its users table "
+            + ("has" if "nkey" in columns else "lacks")
+            + " the nkey column; it is damaged"
+        )
     return int(version)
 
 
@@ -232,6 +292,8 @@ class SQLiteStore:
         self._conn = conn
         self.path = path
         self.schema_version = version
+        """The schema version of the file. Records always read as :data:`SCHEMA_VERSION`."""
+        self._q = _QUERIES[version]
         self._clock = clock
 
     # -- opening ------------------------------------------------------------------
@@ -303,6 +365,45 @@ class SQLiteStore:
         """The underlying connection, for the migration's lock and for tests."""
         return self._conn
 
+    def require_current_schema(self) -> None:
+        """Refuse to write to a file of an older schema version (reading is fine)."""
+        if self.schema_version < SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.path} has schema version {self.schema_version}; this membershipd "
+                f"writes version {SCHEMA_VERSION}: run `membershipd upgrade --db {self.path}` "
+                "first (it takes a backup)"
+            )
+
+    def upgrade(self, while_locked: Callable[[], Any] | None = None) -> list[int]:
+        """Take the file to :data:`SCHEMA_VERSION` in one transaction; the versions it
+        passed through (empty if it was current).
+
+        Under the write lock the version is read again, so two upgrades at once do the
+        work once; ``while_locked`` (the backup) runs there, before any change, so it
+        shows exactly the state that is upgraded. The records are unchanged (a version
+        1 user gets no nkey).
+        """
+        done: list[int] = []
+        with translate_errors(self.path):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = _check_schema(self._conn, self.path)
+                if version < SCHEMA_VERSION and while_locked is not None:
+                    while_locked()
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in UPGRADE_SQL[target]:
+                        self._conn.execute(statement)
+                    self._conn.execute(f"PRAGMA user_version = {target}")
+                    done.append(target)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self.schema_version = _check_schema(self._conn, self.path)
+        self._q = _QUERIES[self.schema_version]
+        return done
+
     async def close(self) -> None:
         self._conn.close()
 
@@ -310,6 +411,7 @@ class SQLiteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        self.require_current_schema()
         with translate_errors(self.path):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -334,12 +436,12 @@ class SQLiteStore:
                     self._conn.execute("COMMIT")
 
     def _one(self, kind: str, where: str, args: tuple[Any, ...]) -> Any:
-        sql = _SELECT[kind].replace(" ORDER BY", f" WHERE {where} ORDER BY")
+        sql = self._q.select[kind].replace(" ORDER BY", f" WHERE {where} ORDER BY")
         row = self._conn.execute(sql, args).fetchone()
         return None if row is None else self._make(kind, row)
 
     def _many(self, kind: str, where: str = "", args: tuple[Any, ...] = ()) -> list[Any]:
-        sql = _SELECT[kind]
+        sql = self._q.select[kind]
         if where:
             sql = sql.replace(" ORDER BY", f" WHERE {where} ORDER BY")
         return [self._make(kind, row) for row in self._conn.execute(sql, args)]
@@ -371,21 +473,48 @@ class SQLiteStore:
 
     # -- users --------------------------------------------------------------------
 
+    def _users_with_nkey(self, nkey: str | None) -> list[str]:
+        if nkey is None:
+            return []
+        rows = self._conn.execute("SELECT id FROM users WHERE nkey = ? ORDER BY id", (nkey,))
+        return [row[0] for row in rows]
+
     async def add_user(
-        self, user_id: str, public_key: bytes, *, created_at: int | None = None
+        self,
+        user_id: str,
+        public_key: bytes,
+        *,
+        created_at: int | None = None,
+        nkey: str | None = None,
     ) -> User:
         validate_id(user_id, "user id")
         validate_public_key(public_key)
+        validate_optional_nkey(nkey)
         with self._write() as conn:
             rules.check_new_user(self._user(user_id), user_id)
+            rules.check_nkey_free(self._users_with_nkey(nkey), nkey, user_id)
             user = User(
-                user_id, public_key, "active", self._clock() if created_at is None else created_at
+                user_id,
+                public_key,
+                "active",
+                self._clock() if created_at is None else created_at,
+                nkey,
             )
             conn.execute(
-                "INSERT INTO users (id, public_key, status, created_at) VALUES (?, ?, ?, ?)",
-                (user.id, user.public_key, user.status, user.created_at),
+                "INSERT INTO users (id, public_key, status, created_at, nkey) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (user.id, user.public_key, user.status, user.created_at, user.nkey),
             )
         return user
+
+    async def set_user_nkey(self, user_id: str, nkey: str | None) -> User:
+        validate_id(user_id, "user id")
+        validate_optional_nkey(nkey)
+        with self._write() as conn:
+            user = rules.check_set_nkey(self._user(user_id), user_id, nkey)
+            rules.check_nkey_free(self._users_with_nkey(nkey), nkey, user_id)
+            conn.execute("UPDATE users SET nkey = ? WHERE id = ?", (nkey, user_id))
+        return replace(user, nkey=nkey)
 
     async def revoke_user(self, user_id: str) -> Revocation:
         validate_id(user_id, "user id")
@@ -472,6 +601,12 @@ class SQLiteStore:
             )
             return self._bump(conn, room)
 
+    async def get_member(self, room_id: str, user_id: str) -> Member | None:
+        validate_id(room_id, "room id")
+        validate_id(user_id, "user id")
+        with self._read():
+            return self._member(room_id, user_id)
+
     async def list_members(self, room_id: str | None = None) -> list[Member]:
         if room_id is None:
             with self._read():
@@ -546,7 +681,7 @@ class SQLiteStore:
     def iter_records(self, kind: str) -> Iterator[Any]:
         """Stream one table's records in primary-key order (inside a transaction)."""
         with translate_errors(self.path):
-            for row in self._conn.execute(_SELECT[kind]):
+            for row in self._conn.execute(self._q.select[kind]):
                 yield self._make(kind, row)
 
     def iter_rows(self, kind: str, *, checked: bool = False) -> Iterator[tuple[Any, ...]]:
@@ -567,14 +702,16 @@ class SQLiteStore:
             with translate_errors(self.path):
                 # a for loop, not ``yield from``: closing this generator after the database
                 # (a run that failed half-way) must not try to close the cursor
-                for row in self._conn.execute(_SELECT[kind]):
+                for row in self._conn.execute(self._q.select[kind]):
                     yield row
             return
         with translate_errors(self.path):
-            for row in self._conn.execute(_CHECKED_SELECT[kind]):
+            for row in self._conn.execute(self._q.checked[kind]):
                 if not row[width]:
                     self._make(kind, row[:width])  # raises the precise DataError
                     raise DataError(f"{self.path}: a {kind} row is out of its domain")
+                if kind == "users" and row[4] is not None:
+                    self._check_nkey(row[0], row[4])
                 yield row[:width]
 
     def check_rows(self, kind: str) -> int:
@@ -587,17 +724,29 @@ class SQLiteStore:
         """
         with translate_errors(self.path):
             outside = self._conn.execute(
-                f"SELECT count(*) FROM {kind} WHERE NOT ({_DOMAIN[kind]})"
+                f"SELECT count(*) FROM {kind} WHERE NOT ({self._q.domain[kind]})"
             ).fetchone()[0]
             if outside:
                 for _ in self.iter_rows(kind):
                     pass
                 raise DataError(f"{self.path}: {outside} {kind} row(s) are out of their domain")
             rows = 0
-            cursor = self._conn.execute(_TEXT_SELECT[kind])
+            cursor = self._conn.execute(self._q.text[kind])
             while batch := cursor.fetchmany(4096):
                 rows += len(batch)
+                if kind == "users":  # the SQL checked an nkey's shape; here its checksum
+                    for user_id, _status, nkey in batch:
+                        if nkey is not None:
+                            self._check_nkey(user_id, nkey)
             return rows
+
+    def _check_nkey(self, user_id: str, nkey: str) -> None:
+        try:
+            validate_optional_nkey(nkey)
+        except InvalidInputError as exc:
+            raise DataError(
+                f"{self.path}: a users row is out of its domain: user {user_id!r}: {exc}"
+            ) from None
 
     def count(self, kind: str) -> int:
         """The number of rows of one table (inside the caller's transaction, if any)."""
@@ -655,7 +804,7 @@ class SQLiteStore:
                 rooms=tuple(self.iter_records("rooms")),
                 members=tuple(self.iter_records("members")),
                 sealed_keys=tuple(self.iter_records("sealed_keys")),
-                schema_version=self.schema_version,
+                schema_version=SCHEMA_VERSION,  # a version 1 file reads as version 2
             )
 
     async def export_snapshot(self) -> Snapshot:

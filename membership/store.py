@@ -23,9 +23,20 @@ __all__ = ["Store"]
 @runtime_checkable
 class Store(Protocol):
     async def add_user(
-        self, user_id: str, public_key: bytes, *, created_at: int | None = None
+        self,
+        user_id: str,
+        public_key: bytes,
+        *,
+        created_at: int | None = None,
+        nkey: str | None = None,
     ) -> User:
-        """Add an active user. ``AlreadyExistsError`` if the id is taken."""
+        """Add an active user, with its NATS identity ``nkey`` if given.
+        ``AlreadyExistsError`` if the id is taken, or the nkey is another user's."""
+        ...
+
+    async def set_user_nkey(self, user_id: str, nkey: str | None) -> User:
+        """Set, change or (with None) clear a user's NATS identity. Setting one needs an
+        active user and an nkey no other user has; clearing works on a revoked user too."""
         ...
 
     async def revoke_user(self, user_id: str) -> Revocation:
@@ -52,6 +63,10 @@ class Store(Protocol):
 
     async def remove_member(self, room_id: str, user_id: str) -> Room:
         """Remove a member and bump the room's epoch by one; return the room."""
+        ...
+
+    async def get_member(self, room_id: str, user_id: str) -> Member | None:
+        """One membership, or None (also when the room does not exist)."""
         ...
 
     async def list_members(self, room_id: str | None = None) -> list[Member]:

@@ -59,7 +59,7 @@ def bulk_fill(db: Path, users: int, rooms: int, epochs: int = 1, label: str = "u
     try:
         with conn:
             conn.executemany(
-                "INSERT INTO users VALUES (?, ?, 'active', ?)",
+                "INSERT INTO users (id, public_key, status, created_at) VALUES (?, ?, 'active', ?)",
                 ((f"{label}{n:07}", n.to_bytes(32, "big"), n) for n in range(users)),
             )
             conn.executemany(

@@ -163,28 +163,27 @@ def test_python_dash_m_is_membershipd() -> None:
     assert p.returncode == 0 and "migrate-to-kv" in p.stdout
 
 
-COMMANDS = [
-    ["init"],
-    ["user", "add"],
-    ["user", "revoke"],
-    ["user", "list"],
-    ["room", "create"],
-    ["room", "add-member"],
-    ["room", "remove-member"],
-    ["room", "rekey"],
-    ["room", "list"],
-    ["room", "show"],
-    ["keys", "put"],
-    ["keys", "get"],
-    ["export"],
-    ["migrate-to-kv"],
-    ["verify"],
-    ["inspect"],
-    ["demo"],
-    ["cluster", "certs"],
-    ["cluster", "config"],
-    ["cluster", "run"],
-]
+def _leaf_commands() -> list[list[str]]:
+    """Every command of the installed CLI, found by walking its click tree (so a new
+    command cannot be forgotten here)."""
+    import click
+
+    from membership.cli import cli as root
+
+    out: list[list[str]] = []
+
+    def walk(group: click.Group, path: list[str]) -> None:
+        for name, command in sorted(group.commands.items()):
+            if isinstance(command, click.Group):
+                walk(command, [*path, name])
+            else:
+                out.append([*path, name])
+
+    walk(root, [])
+    return out
+
+
+COMMANDS = _leaf_commands()
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

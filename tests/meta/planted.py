@@ -168,6 +168,25 @@ def sqlite_revoke_keeps_memberships(monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 
 @contextmanager
+def service_hides_not_found(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``membershipd serve`` answering a missing record as an internal error (500)."""
+    from membership import protocol
+
+    real = protocol.error_reply
+
+    def error_reply(exc: BaseException) -> tuple[str, str, bytes]:
+        if isinstance(exc, protocol.NotFoundError):
+            return real(RuntimeError("lookup failed"))
+        return real(exc)
+
+    monkeypatch.setattr(protocol, "error_reply", error_reply)
+    import membership.service
+
+    monkeypatch.setattr(membership.service, "error_reply", error_reply)
+    yield
+
+
+@contextmanager
 def schema_rewritten_every_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A migration that, after its work, puts the schema record again (same bytes)."""
     from membership import migrate
@@ -180,7 +199,7 @@ def schema_rewritten_every_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
         nc = await connect_nats(target)
         try:
             prefix = options.get("prefix", "membership")
-            await nc.jetstream().publish(f"$KV.{prefix}_meta.schema", b'{"schema_version":1}')
+            await nc.jetstream().publish(f"$KV.{prefix}_meta.schema", b'{"schema_version":2}')
         finally:
             await nc.close()
         return report

@@ -233,8 +233,9 @@ QUICK = settings(
     [
         (planted.kv_rekey_bumps_twice, "rekey("),
         (planted.sqlite_revoke_keeps_memberships, "revoke_user("),
+        (planted.service_hides_not_found, "service: ('error', ('FailedError'"),
     ],
-    ids=["kv-rekey-bumps-twice", "sqlite-revoke-keeps-memberships"],
+    ids=["kv-rekey-bumps-twice", "sqlite-revoke-keeps-memberships", "service-hides-not-found"],
 )
 def test_the_state_machine_catches_a_store_bug(
     monkeypatch: pytest.MonkeyPatch,

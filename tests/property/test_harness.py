@@ -98,6 +98,7 @@ DIRT_FINDINGS = {
     "sealed key of a non-member at the current epoch": "for a user who is not a member",
     "sealed key of a missing room": ": room ",
     "sealed key of a missing user": ": user ",
+    "users sharing an nkey": "share the nkey",
 }
 
 

@@ -150,11 +150,15 @@ def _copy_and_run(d: Path, *sql: str) -> None:
 
 
 def _newer(d: Path) -> None:
-    _copy_and_run(d, "PRAGMA user_version = 2")
+    _copy_and_run(d, "PRAGMA user_version = 3")
 
 
 def _bad_utf8(d: Path) -> None:
-    _copy_and_run(d, "INSERT INTO users VALUES (CAST(X'C328' AS TEXT), zeroblob(32), 'active', 0)")
+    _copy_and_run(
+        d,
+        "INSERT INTO users (id, public_key, status, created_at) "
+        "VALUES (CAST(X'C328' AS TEXT), zeroblob(32), 'active', 0)",
+    )
 
 
 def _oversize(d: Path) -> None:
@@ -212,7 +216,7 @@ CASES: dict[str, Case] = {
     "random bytes": Case(MIGRATE_BAD, 2, ("not a membership database", BAD), _random),
     "truncated database": Case(MIGRATE_BAD, 2, ("damaged", BAD), _truncated),
     "another application's database": Case(MIGRATE_BAD, 2, ("another application", BAD), _foreign),
-    "newer schema version": Case(MIGRATE_BAD, 2, ("schema version 2", BAD), _newer),
+    "newer schema version": Case(MIGRATE_BAD, 2, ("schema version 3", BAD), _newer),
     "invalid UTF-8 in TEXT": Case(MIGRATE_BAD, 1, ("UTF-8", BAD), _bad_utf8),
     "locked database": Case(MIGRATE, 1, ("locked", DB), holding=_write_lock, waits=BUSY_TIMEOUT_S),
     "read-only backup directory": Case(

@@ -80,7 +80,10 @@ def test_a_seed_list_is_checked_url_by_url() -> None:
         ("nats://u:hun/ter2@10.0.0.1:4222", "nats://u:***@10.0.0.1:4222"),  # '/' inside
         ("http://u:hunter2@127.0.0.1:4222", "http://u:***@127.0.0.1:4222"),  # wrong scheme
         ("nats://u:hunter2@127.0.0.1:1,", "nats://u:***@127.0.0.1:1,"),  # empty entry
-        ("nats://hunter2@h1:1,nats://u:pw@h2:1,", "nats://***@h1:1,nats://u:***@h2:1,"),  # each entry
+        (
+            "nats://hunter2@h1:1,nats://u:pw@h2:1,",
+            "nats://***@h1:1,nats://u:***@h2:1,",
+        ),  # each entry
     ],
 )
 def test_passwords_never_reach_messages(value: str, shown: str) -> None:

@@ -58,7 +58,7 @@ def test_canonical_json_is_sorted_compact_utf8_base64() -> None:
     user = User("ünï", b"\xff" * 32, "revoked", 1764547200000)
     text = encode_record(user).decode("utf-8")
     assert text == (
-        '{"created_at":1764547200000,"id":"ünï",'
+        '{"created_at":1764547200000,"id":"ünï","nkey":null,'
         '"public_key":"//////////////////////////////////////////8=","status":"revoked"}'
     )
 

@@ -21,7 +21,7 @@ def digest(path: Path) -> str:
 def test_init_creates_a_wal_database_with_our_ids(sqlite_db: Path) -> None:
     conn = sqlite3.connect(sqlite_db)
     assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
@@ -126,7 +126,9 @@ def test_empty_sqlite_file_is_not_a_membership_database(tmp_path: Path) -> None:
 
 def test_invalid_utf8_written_around_the_api_is_a_data_error(sqlite_db: Path) -> None:
     conn = sqlite3.connect(sqlite_db)
-    conn.execute("INSERT INTO users VALUES (CAST(X'66FF6F' AS TEXT), zeroblob(32), 'active', 0)")
+    conn.execute(
+        "INSERT INTO users (id, public_key, status, created_at) VALUES (CAST(X'66FF6F' AS TEXT), zeroblob(32), 'active', 0)"
+    )
     conn.commit()
     conn.close()
 
@@ -144,11 +146,15 @@ def test_invalid_utf8_written_around_the_api_is_a_data_error(sqlite_db: Path) ->
 def test_schema_admits_exactly_the_domains(sqlite_db: Path) -> None:
     conn = sqlite3.connect(sqlite_db)
     bad_rows = [
-        "INSERT INTO users VALUES ('', zeroblob(32), 'active', 0)",
-        f"INSERT INTO users VALUES ('{'x' * 129}', zeroblob(32), 'active', 0)",
-        "INSERT INTO users VALUES ('a', zeroblob(31), 'active', 0)",
-        "INSERT INTO users VALUES ('a', zeroblob(32), 'paused', 0)",
-        "INSERT INTO users VALUES (X'00', zeroblob(32), 'active', 0)",
+        "INSERT INTO users (id, public_key, status, created_at) VALUES ('', zeroblob(32), 'active', 0)",
+        f"INSERT INTO users (id, public_key, status, created_at) VALUES ('{'x' * 129}', zeroblob(32), 'active', 0)",
+        "INSERT INTO users (id, public_key, status, created_at) VALUES ('a', zeroblob(31), 'active', 0)",
+        "INSERT INTO users (id, public_key, status, created_at) VALUES ('a', zeroblob(32), 'paused', 0)",
+        "INSERT INTO users (id, public_key, status, created_at) VALUES (X'00', zeroblob(32), 'active', 0)",
+        "INSERT INTO users VALUES ('a', zeroblob(32), 'active', 0, 'SUAXXX')",
+        f"INSERT INTO users VALUES ('a', zeroblob(32), 'active', 0, '{'U' + 'a' * 55}')",
+        f"INSERT INTO users VALUES ('a', zeroblob(32), 'active', 0, '{'U' * 57}')",
+        "INSERT INTO users VALUES ('a', zeroblob(32), 'active', 0, X'55')",
         "INSERT INTO rooms VALUES ('r', 0, 0)",
         "INSERT INTO rooms VALUES ('r', 'two', 0)",
         "INSERT INTO members VALUES ('r', 'u', 'admin', 1)",

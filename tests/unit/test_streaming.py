@@ -29,12 +29,13 @@ from membership.errors import DataError, StoreError, TargetNotEmptyError
 from membership.kv import BulkReader, Publisher, RowKeys, key_of
 from membership.migrate import migrate_sqlite_to_kv, verify_parity
 from membership.model import MAX_INT, Member, Room, SealedKeyRecord, Snapshot, User
+from membership.nkey import generate_user_keypair
 from membership.sqlite import SQLiteStore
 from tests.helpers import bulk_fill
 from tests.property.support import run
 
 FIELDS = {
-    "users": ("id", "public_key", "status", "created_at"),
+    "users": ("id", "public_key", "status", "created_at", "nkey"),
     "rooms": ("id", "epoch", "created_at"),
     "members": ("room_id", "user_id", "role", "joined_epoch"),
     "sealed_keys": ("room_id", "epoch", "user_id", "sealed_key"),
@@ -79,7 +80,7 @@ def test_the_streamed_digest_is_the_export_digest_in_any_order_of_kinds(
 def test_no_record_encodes_beyond_its_bound() -> None:
     worst_id = "\x01" * 128  # every byte becomes a 6-byte \u0001 escape
     worst = {
-        "users": User(worst_id, b"\xff" * 32, "revoked", MAX_INT),
+        "users": User(worst_id, b"\xff" * 32, "revoked", MAX_INT, generate_user_keypair().public),
         "rooms": Room(worst_id, MAX_INT, MAX_INT),
         "members": Member(worst_id, worst_id, "member", MAX_INT),
         "sealed_keys": SealedKeyRecord(worst_id, MAX_INT, worst_id, b"\xff" * 4096),
@@ -100,13 +101,17 @@ def test_consistent_read_holds_writers_only_while_pinning(sqlite_db: Path) -> No
 
     def while_locked() -> None:  # the backup's moment: no writer gets in
         try:
-            writer.execute("INSERT INTO users VALUES ('during', zeroblob(32), 'active', 1)")
+            writer.execute(
+                "INSERT INTO users (id, public_key, status, created_at) VALUES ('during', zeroblob(32), 'active', 1)"
+            )
         except sqlite3.OperationalError as exc:
             blocked.append(str(exc))
 
     try:
         with store.consistent_read(while_locked=while_locked):
-            writer.execute("INSERT INTO users VALUES ('after', zeroblob(32), 'active', 1)")
+            writer.execute(
+                "INSERT INTO users (id, public_key, status, created_at) VALUES ('after', zeroblob(32), 'active', 1)"
+            )
             seen = {row[0] for row in store.iter_rows("users")}  # still the pinned moment
             assert store.count("users") == 50 == len(seen)
         assert blocked and "locked" in blocked[0]
@@ -122,7 +127,10 @@ def test_consistent_read_holds_writers_only_while_pinning(sqlite_db: Path) -> No
     ("sql", "says"),
     [
         ("INSERT INTO rooms VALUES ('r', 0, 1)", "epoch"),
-        ("INSERT INTO users VALUES ('u', zeroblob(31), 'active', 1)", "public key"),
+        (
+            "INSERT INTO users (id, public_key, status, created_at) VALUES ('u', zeroblob(31), 'active', 1)",
+            "public key",
+        ),
         ("INSERT INTO sealed_keys VALUES ('r', 1, CAST(X'FF' AS TEXT), X'01')", "UTF-8"),
     ],
 )

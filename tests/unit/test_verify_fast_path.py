@@ -267,11 +267,11 @@ def test_a_row_changed_in_sqlite_is_found(cli: Cli, tmp_path: Path, namespace: N
 def test_a_newer_kv_schema_is_the_same_error_as_before(
     cli: Cli, tmp_path: Path, namespace: Namespace
 ) -> None:
-    """SCHEMA_VERSION is 1 and both stores refuse anything else, so two readable but
-    different versions cannot meet yet; a newer KV namespace is refused, as before."""
+    """A KV namespace newer than this membershipd is refused, as before (an older one
+    reads as the current schema: tests/property/test_schema_upgrade.py)."""
     db = big_db(tmp_path)
     migrate(db, namespace)
-    kv_edit(namespace, "meta", {"schema": b'{"schema_version":2}'})
+    kv_edit(namespace, "meta", {"schema": b'{"schema_version":3}'})
     with pytest.raises(SchemaError) as info:
         exact(db, namespace)
     line = one_line_error(verify(cli, db, namespace), SchemaError.exit_code)
