@@ -23,7 +23,7 @@ import click
 
 from . import __version__
 from .canonical import KINDS, dumps, record_to_dict, snapshot_bytes
-from .connect import NatsTarget, connect_nats
+from .connect import NatsTarget, close_nats, connect_nats
 from .errors import (
     FailedError,
     InvalidInputError,
@@ -207,7 +207,7 @@ async def open_store(opts: StoreOptions, *, create: bool = False) -> AsyncIterat
     try:
         yield await KVStore.open(nc, opts.bucket_prefix, create=create)
     finally:
-        await nc.close()
+        await close_nats(nc)
 
 
 def hex_bytes(what: str) -> Callable[[click.Context, click.Parameter, str], bytes]:

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 
 from .authz import DEFAULT_SUBJECT_PREFIX, user_inbox_prefix, user_subject
 from .canonical import dumps, record_from_dict
-from .connect import NatsTarget, connect_nats
+from .connect import NatsTarget, close_nats, connect_nats
 from .errors import NatsUnavailableError
 from .model import Member, Revocation, Room, SealedKeyRecord, Snapshot, User
 from .nkey import UserKeyPair
@@ -159,7 +159,7 @@ class ServiceStore:
 
     async def close(self) -> None:
         if self._close:
-            await self._nc.close()
+            await close_nats(self._nc)
 
 
 class UserClient:

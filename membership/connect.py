@@ -51,6 +51,7 @@ __all__ = [
     "NatsTarget",
     "TLSRequiredError",
     "check_nats_url",
+    "close_nats",
     "connect_nats",
     "host_is_loopback",
     "is_loopback_url",
@@ -398,6 +399,19 @@ async def connect_nats(
     nc.options["max_reconnect_attempts"] = 10
     nc.options["reconnect_time_wait"] = 0.5
     return nc
+
+
+async def close_nats(nc: Client) -> None:
+    """Close a connection, whatever state it is in, within a few seconds.
+
+    nats-py's ``close`` flushes what is buffered, and raises ``ConnectionResetError``
+    when the server is already gone: in a ``finally`` that would replace the real,
+    one-line error of a lost server with a traceback. Closing is best effort: a
+    connection that cannot flush has nothing left to say.
+    """
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(FLUSH_TIMEOUT):
+            await nc.close()
 
 
 async def _abandon(nc: Client, connecting: asyncio.Future[Any]) -> None:

@@ -33,7 +33,7 @@ from nats.aio.client import Client
 
 from .audit import invariant_findings
 from .canonical import KINDS, encode_record, snapshot_bytes, snapshot_digest
-from .connect import NatsTarget, connect_nats
+from .connect import NatsTarget, close_nats, connect_nats
 from .kv import DEFAULT_PREFIX, KVStore, nats_errors, validate_prefix
 from .model import SCHEMA_VERSION, Snapshot
 from .sqlite import SQLiteStore
@@ -186,7 +186,7 @@ async def inspect_kv(target: NatsTarget, prefix: str = DEFAULT_PREFIX) -> Inspec
         snapshot = await kv.export_snapshot()
         buckets = await _bucket_stats(nc, kv)
     finally:
-        await nc.close()
+        await close_nats(nc)
     return inspect_snapshot(
         snapshot,
         {

@@ -77,7 +77,7 @@ from .canonical import (
     decode_record,
     encode_record,
 )
-from .connect import NatsTarget, connect_nats
+from .connect import NatsTarget, close_nats, connect_nats
 from .diff import diff_records, format_pk
 from .errors import (
     DataError,
@@ -347,7 +347,7 @@ async def migrate_sqlite_to_kv(
         except NatsUnavailableError as exc:  # the server was lost mid-run: name it
             raise NatsUnavailableError(f"NATS at {target.display()}: {exc}") from exc
         finally:
-            await nc.close()
+            await close_nats(nc)
     except BaseException:
         if made is not None and (run is None or not run.writing):
             with contextlib.suppress(OSError):
@@ -724,7 +724,7 @@ async def read_kv_snapshot(target: NatsTarget, prefix: str = DEFAULT_PREFIX) -> 
         kv = await KVStore.open(nc, prefix)
         return await kv.export_snapshot()
     finally:
-        await nc.close()
+        await close_nats(nc)
 
 
 async def verify_parity(
@@ -768,7 +768,7 @@ async def verify_parity(
                 kv = await KVStore.open(nc, prefix)
                 return await _verify_exact(source, kv, report)
             finally:
-                await nc.close()
+                await close_nats(nc)
         finally:
             await source.close()
     await source.close()  # the child must not inherit an open SQLite connection
@@ -798,7 +798,7 @@ async def verify_parity(
             finally:
                 await source.close()
         finally:
-            await nc.close()
+            await close_nats(nc)
     finally:
         worker.stop()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .backup import backup_sqlite, check_backup_target, default_backup_path
-from .connect import NatsTarget, connect_nats
+from .connect import NatsTarget, close_nats, connect_nats
 from .errors import InvalidInputError
 from .kv import DEFAULT_PREFIX, KVStore, validate_prefix
 from .model import SCHEMA_VERSION
@@ -109,4 +109,4 @@ async def upgrade_kv(target: NatsTarget, prefix: str = DEFAULT_PREFIX) -> Upgrad
             rewritten=rewritten,
         )
     finally:
-        await nc.close()
+        await close_nats(nc)

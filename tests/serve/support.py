@@ -12,7 +12,7 @@ from nats.aio.client import Client
 
 from membership.authz import DEFAULT_SUBJECT_PREFIX
 from membership.client import ServiceStore, UserClient, connect_user
-from membership.connect import NatsTarget, connect_nats
+from membership.connect import NatsTarget, close_nats, connect_nats
 from membership.nkey import UserKeyPair
 
 
@@ -24,7 +24,7 @@ async def as_admin(
     try:
         yield ServiceStore(nc, prefix, timeout=wait)
     finally:
-        await nc.close()
+        await close_nats(nc)
 
 
 class Watched:
@@ -51,7 +51,7 @@ async def as_user(url: str, user_id: str, pair: UserKeyPair) -> AsyncIterator[Wa
     try:
         yield watched
     finally:
-        await nc.close()
+        await close_nats(nc)
 
 
 async def eventually(check: Callable[[], Any], what: str, within: float = 10.0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -118,3 +119,23 @@ def test_unreachable_server_fails_fast_with_one_line() -> None:
         asyncio.run(connect_nats(NatsTarget(f"nats://127.0.0.1:{port}")))
     assert time.monotonic() - start < 10
     assert f"127.0.0.1:{port}" in str(info.value) and "\n" not in str(info.value)
+
+
+async def test_closing_after_the_server_is_gone_raises_nothing_and_ends_in_seconds() -> None:
+    """nats-py's close raises ConnectionResetError once the server is gone; in a command's
+    ``finally`` that would replace the one-line error with a traceback."""
+    import time
+
+    from membership.connect import NatsTarget, close_nats, connect_nats
+    from membership.embedded import EmbeddedServer
+
+    with EmbeddedServer() as server:
+        nc = await connect_nats(NatsTarget(server.url))
+        server.stop()
+        for _ in range(200):  # something buffered that can no longer be flushed
+            with contextlib.suppress(Exception):
+                await nc.publish("x", b"y" * 1024)
+        started = time.monotonic()
+        await close_nats(nc)
+        assert time.monotonic() - started < 15
+        assert nc.is_closed or not nc.is_connected
