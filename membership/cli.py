@@ -230,7 +230,22 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print canoni
 # -- the command group -------------------------------------------------------------------
 
 
-@click.group(context_settings=CONTEXT)
+class _Commands(click.Group):
+    """The command group, with :data:`LAZY_COMMANDS` imported only when needed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            import importlib
+
+            module, attribute = LAZY_COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="membershipd")
 def cli() -> None:
     """membershipd: the unibus control plane on SQLite and NATS JetStream KV.
@@ -1018,14 +1033,12 @@ def nkey_generate(seed_file: Path) -> None:
 
 
 # -- commands that live in their own modules ------------------------------------------------
-# Each registers itself below with one import and one ``cli.add_command(...)`` line; those
-# modules import what they need (store_options, run, emit_json ...) from this one.
+# Imported when used (or listed by --help), so that `verify` does not pay for `serve`.
 
-from .cli_cluster import cluster  # noqa: E402
-from .cli_serve import serve_command  # noqa: E402
-
-cli.add_command(cluster)
-cli.add_command(serve_command)
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "cluster": ("membership.cli_cluster", "cluster"),
+    "serve": ("membership.cli_serve", "serve_command"),
+}
 
 
 def main() -> None:

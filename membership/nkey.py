@@ -22,8 +22,6 @@ import secrets
 from pathlib import Path
 from typing import Final
 
-import nkeys
-
 from .errors import InvalidInputError
 
 __all__ = [
@@ -100,6 +98,8 @@ def user_keypair_from_seed(seed: bytes | str) -> UserKeyPair:
     """The key pair of a user seed (``SU…``); :class:`InvalidInputError` if it is not one."""
     raw = seed.encode("ascii", "replace") if isinstance(seed, str) else bytes(seed)
     raw = raw.strip()
+    import nkeys  # here, not at the top: only making key pairs needs the signing library
+
     try:
         pair = nkeys.from_seed(bytearray(raw))
         public = pair.public_key.decode("ascii")
@@ -114,6 +114,8 @@ def user_keypair_from_raw(raw: bytes) -> UserKeyPair:
     """The user key pair whose Ed25519 seed is the 32 bytes ``raw``."""
     if len(raw) != 32:
         raise InvalidInputError(f"an nkey seed is 32 bytes, not {len(raw)}")
+    import nkeys
+
     return user_keypair_from_seed(bytes(nkeys.encode_seed(raw, nkeys.PREFIX_BYTE_USER)))
 
 

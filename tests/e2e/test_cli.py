@@ -171,9 +171,12 @@ def _leaf_commands() -> list[list[str]]:
     from membership.cli import cli as root
 
     out: list[list[str]] = []
+    ctx = click.Context(root)
 
     def walk(group: click.Group, path: list[str]) -> None:
-        for name, command in sorted(group.commands.items()):
+        for name in group.list_commands(ctx):  # the lazily imported commands too
+            command = group.get_command(ctx, name)
+            assert command is not None, name
             if isinstance(command, click.Group):
                 walk(command, [*path, name])
             else:
