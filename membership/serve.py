@@ -405,7 +405,9 @@ async def serve(
                 "url": target.display(),
             }
         )
-        died = asyncio.ensure_future(_server_died(server)) if server is not None else None
+        died = asyncio.ensure_future(
+            _server_died(server) if server is not None else _connection_lost(nc)
+        )
         waiting = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait(
             [f for f in (waiting, died) if f is not None], return_when=asyncio.FIRST_COMPLETED
@@ -413,9 +415,14 @@ async def serve(
         for future in (waiting, died, watcher):
             if future is not None and not future.done():
                 future.cancel()
-        if died is not None and died in done:
-            raise FailedError(
-                f"the nats-server at {target.display()} stopped; its log: {server.log_path if server else ''}"
+        if died in done:
+            if server is not None:
+                raise FailedError(
+                    f"the nats-server at {target.display()} stopped; its log: {server.log_path}"
+                )
+            raise NatsUnavailableError(
+                f"lost the NATS server at {target.display()} for good (reconnecting failed); "
+                "serve stops: restart it when the server is back"
             )
         notice("membershipd: stopping: answering the requests received, taking no new ones")
     finally:
@@ -439,6 +446,13 @@ async def _server_died(server: ManagedServer) -> None:
     proc = server.proc
     if proc is not None:
         await asyncio.to_thread(proc.wait)
+
+
+async def _connection_lost(nc: Client) -> None:
+    """Returns once the connection to an external server is closed for good (nats-py gave
+    up reconnecting): serving on without it would answer nobody."""
+    while not nc.is_closed:  # noqa: ASYNC110  (connect_nats owns the closed callback)
+        await asyncio.sleep(WATCH_INTERVAL)
 
 
 class _NoUsers:

@@ -223,3 +223,19 @@ def test_two_instances_on_one_kv_namespace_never_lose_or_duplicate_an_epoch(
     for served in (first, second):
         code, err = served.stop()
         assert code == 0, err
+
+
+def test_losing_an_external_server_for_good_stops_serve_with_one_line(
+    serve, namespace, tmp_path: Path
+) -> None:
+    """On a server it does not run, serve cannot restart it: once reconnecting fails it
+    exits 1 naming the server, rather than serving nobody."""
+    from membership.embedded import EmbeddedServer
+
+    with EmbeddedServer(store_dir=tmp_path / "ext") as server:
+        served = serve("--nats-url", server.url, "--subject-prefix", "ext.test")
+        url = server.url
+    code, err = served.stop(signal.SIGCONT, timeout=60)  # no signal that stops it: it stops itself
+    lines = [line for line in err.strip().splitlines() if "error" in line]
+    assert code == 1, err
+    assert len(lines) == 1 and url in lines[0] and "Traceback" not in err, err
