@@ -34,7 +34,7 @@ from nats.aio.client import Client
 from .audit import invariant_findings
 from .canonical import KINDS, encode_record, snapshot_bytes, snapshot_digest
 from .connect import NatsTarget, close_nats, connect_nats
-from .kv import DEFAULT_PREFIX, KVStore, nats_errors, validate_prefix
+from .kv import DEFAULT_PREFIX, KVStore, jetstream, nats_errors, validate_prefix
 from .model import SCHEMA_VERSION, Snapshot
 from .sqlite import SQLiteStore
 
@@ -158,7 +158,7 @@ async def inspect_sqlite(db: str | os.PathLike[str]) -> Inspection:
 
 
 async def _bucket_stats(nc: Client, kv: KVStore) -> dict[str, BucketStats]:
-    js = nc.jetstream()
+    js = jetstream(nc)
     out: dict[str, BucketStats] = {}
     for kind, bucket in kv.buckets.items():
         async with nats_errors(f"reading bucket {bucket}"):

@@ -34,7 +34,7 @@ from typing import Any, Final, TypeVar
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from . import rules
 from .canonical import KINDS, decode_record, dumps, encode_record
@@ -122,6 +122,9 @@ WRITE_SILENCE: Final = ACK_TIMEOUT
 """Seconds without any acknowledgement after which a run gives up (exit 1; a re-run
 converges). Losing a stream's leader mid-run in a cluster ends here today: the resends
 are not answered within this time (see the note on issue 6)."""
+API_ATTEMPTS: Final = 3
+"""Tries of a JetStream API request (stream and consumer info, consumer creation, a
+point read) that got no answer in ACK_TIMEOUT while the connection stayed up."""
 LAST_RUN_KEY: Final = "last_verified_run"
 """The key in ``<prefix>_meta`` of the record of the last verified migration."""
 _TOKEN_CACHE: Final = 100_000
@@ -292,6 +295,42 @@ async def nats_errors(where: str) -> AsyncIterator[None]:
         ) from exc
 
 
+class _PatientJetStream(JetStreamContext):
+    """A JetStream context whose API requests are asked again when they go unanswered
+    while the connection is up.
+
+    Right after a node of a cluster is lost, the servers that remain elect new stream
+    leaders and catch up; for a while an API request (a stream's info, a consumer's
+    creation) may go unanswered although the cluster is otherwise healthy, and a re-run
+    a moment later succeeds. Every request that goes through here can be made twice
+    without harm: reads, and creations that return what exists when it matches (an
+    ephemeral consumer made twice leaves an idle one that the server removes after its
+    inactive threshold). Publishes do not come here. A connection that is down fails at
+    once, as before: only a live server that is slow to answer gets more tries.
+    """
+
+    async def _api_request(  # nats-py's signature, overridden
+        self,
+        req_subject: str,
+        req: bytes = b"",
+        timeout: float = 5,  # noqa: ASYNC109
+    ) -> dict[str, Any]:
+        attempt = 1
+        while True:
+            try:
+                result: dict[str, Any] = await super()._api_request(req_subject, req, timeout)
+                return result
+            except nats.errors.TimeoutError:
+                if attempt >= API_ATTEMPTS or not self._nc.is_connected:
+                    raise
+                attempt += 1
+
+
+def jetstream(nc: Client) -> JetStreamContext:
+    """The JetStream context every command uses (see :class:`_PatientJetStream`)."""
+    return _PatientJetStream(nc, timeout=ACK_TIMEOUT)
+
+
 def _is_tombstone(headers: Any) -> bool:
     return bool(headers) and headers.get(_KV_OP) in ("DEL", "PURGE")
 
@@ -301,7 +340,7 @@ class KVStore:
 
     def __init__(self, nc: Client, prefix: str, clock: Callable[[], int]) -> None:
         self._nc = nc
-        self._js = nc.jetstream(timeout=ACK_TIMEOUT)
+        self._js = jetstream(nc)
         self.prefix = prefix
         self.buckets = bucket_names(prefix)
         self._clock = clock
@@ -1357,14 +1396,20 @@ class Publisher:
             task.add_done_callback(self._resending.discard)
             return
         del self._subjects[number]
-        self._retries.pop(number, None)
+        tries = self._retries.pop(number, 0) + 1
         if status is not None:
             if self._error is None:
-                self._error = StoreError(
-                    f"{self._where}: no JetStream stream answered for {subject} "
-                    f"(status {status}); does the bucket exist?"
+                self._error = (
+                    NatsUnavailableError(
+                        f"{self._where}: no JetStream stream answered for {subject} "
+                        f"(status 503, {tries} tries): the bucket is "
+                        "gone, or its stream has no leader (a cluster node down?); rerun "
+                        "when the cluster is settled"
+                    )
                     if status == "503"
-                    else f"{self._where}: the server answered {subject} with status {status}"
+                    else StoreError(
+                        f"{self._where}: the server answered {subject} with status {status}"
+                    )
                 )
         elif b'"error"' in data:
             if self._error is None:
