@@ -9,7 +9,6 @@ configuration file and never printed, logged or passed on a command line.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import signal
@@ -36,7 +35,7 @@ from .cluster import (
     split_routes,
     write_private_file,
 )
-from .embedded import find_nats_server, wait_for_port
+from .embedded import dying_with_this_process, find_nats_server, wait_for_port
 from .errors import FailedError, InvalidInputError, MembershipError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -305,15 +304,6 @@ def config(out: Path, as_json: bool, **opts: Any) -> None:
 # -- cluster run ---------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if membershipd dies (Linux), so no node is orphaned."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-
-
 def _probe_host(host: str) -> str:
     if host in ("0.0.0.0", ""):  # a wildcard listen is probed on loopback
         return "127.0.0.1"
@@ -354,11 +344,10 @@ def run_node(config_path: Path | None, **opts: Any) -> None:
     write_private_file(path, render_node_config(node))
     env = {k: v for k, v in os.environ.items() if k != PASS_ENV}
     proc = subprocess.Popen(
-        [str(binary), "-c", str(path)],
+        dying_with_this_process([str(binary), "-c", str(path)]),  # no orphaned node
         stdin=subprocess.DEVNULL,
         env=env,
         start_new_session=True,  # signals reach it once, through us
-        preexec_fn=_die_with_parent,  # no threads here yet, so preexec_fn is safe
     )
 
     stopping: list[int] = []

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import time
@@ -31,6 +32,7 @@ __all__ = [
     "EmbeddedServer",
     "NatsServerNotFoundError",
     "ServerStartError",
+    "dying_with_this_process",
     "find_nats_server",
     "free_port",
     "stop_process",
@@ -90,6 +92,33 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
+
+
+_DIE_WITH_PARENT: Final = """\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the parent died before the signal was armed
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def dying_with_this_process(args: list[str]) -> list[str]:
+    """``args`` (a program and its arguments) run so that the program gets SIGTERM when
+    this process dies, even by SIGKILL: no nats-server outlives the membershipd that
+    started it, holding its port and store directory (Linux; elsewhere ``args``).
+
+    A short-lived interpreter arms the parent-death signal and then *becomes* the
+    program (``execv``: same pid, the program's own command line), so the process
+    that starts it needs no ``preexec_fn``, which is unsafe once threads exist. The
+    signal follows the thread that starts the child: start it from the main thread.
+    """
+    if not sys.platform.startswith("linux") or not sys.executable:
+        return list(args)
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *args]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -170,7 +199,7 @@ class EmbeddedServer:
             args += ["-m", str(self.monitor_port)]
         args += self.extra_args
         self.proc = subprocess.Popen(
-            args,
+            dying_with_this_process(args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -40,7 +40,13 @@ from nats.aio.client import Client
 from .authz import DEFAULT_SUBJECT_PREFIX, allowlist, render_authorization
 from .cluster import NodeConfig, conf_string, render_node_config, write_private_file
 from .connect import NatsTarget, connect_nats
-from .embedded import find_nats_server, free_port, stop_process, wait_for_port
+from .embedded import (
+    dying_with_this_process,
+    find_nats_server,
+    free_port,
+    stop_process,
+    wait_for_port,
+)
 from .errors import FailedError, InvalidInputError, NatsUnavailableError, StoreError
 from .kv import DEFAULT_PREFIX, KVStore, validate_prefix
 from .model import now_ms
@@ -96,7 +102,7 @@ class ManagedServer:
         log = self.log_path.open("ab") if self.log_path is not None else subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen(
-                [str(binary), "-c", str(self.config_path)],
+                dying_with_this_process([str(binary), "-c", str(self.config_path)]),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
