@@ -105,9 +105,11 @@ FETCH_BATCH: Final = 4096
 """Messages per pull request of a bulk read."""
 PULL_DEPTH: Final = 4
 """Pull requests kept outstanding: the server has work queued while the reader computes."""
-_NO_RESPONDER_RETRIES: Final = 20
+_NO_RESPONDER_RETRIES: Final = 66
 """Tries of a publish or pull request that no stream or consumer answered (status 503):
-a bucket just created on a cluster has no leader for a moment. About 3.5 s in all."""
+a bucket just created on a cluster has no leader for a moment, and a stream whose
+leader was lost has none until the survivors elect one (nats-server's election timeout
+is 4 to 9 s). About 15 s in all, so a run rides out the election."""
 PULL_MAX_BYTES: Final = 4 * 1024 * 1024
 """Bytes per pull request at most (raised to fit one message of the server's max_payload).
 With PULL_DEPTH requests outstanding the server never has more than about 16 MiB queued
@@ -119,9 +121,10 @@ _WAIT_SLICE: Final = 0.25
 _RESEND_EVERY: Final = 2.0
 """Seconds without any acknowledgement after which unacknowledged writes are sent again."""
 WRITE_SILENCE: Final = ACK_TIMEOUT
-"""Seconds without any acknowledgement after which a run gives up (exit 1; a re-run
-converges). Losing a stream's leader mid-run in a cluster ends here today: the resends
-are not answered within this time (see the note on issue 6)."""
+"""Seconds without any answer to a write after which a run gives up (exit 1; a re-run
+converges). Losing a stream's leader mid-run in a cluster does not end here: the writes
+the dead leader took go unanswered, are sent again every :data:`_RESEND_EVERY` seconds,
+and are answered 503 until the survivors elect a leader, which then stores them."""
 API_ATTEMPTS: Final = 3
 """Tries of a JetStream API request (stream and consumer info, consumer creation, a
 point read) that got no answer in ACK_TIMEOUT while the connection stayed up."""
@@ -1250,6 +1253,7 @@ class Publisher:
         self._retries: dict[int, int] = {}
         self._sent = 0
         self.acked = 0
+        self._heard = 0
         self._error: MembershipError | None = None
         self._wake = asyncio.Event()
         self._sub: Any = None
@@ -1331,8 +1335,11 @@ class Publisher:
         return True
 
     async def _wait_until(self, in_flight: int) -> None:
+        """Wait until at most ``in_flight`` writes are unacknowledged. Silence is
+        :data:`WRITE_SILENCE` seconds without any answer: 503s waiting out a leader
+        election are answers (each write's tries are bounded on their own)."""
         idle = 0.0
-        acked = self.acked
+        heard = self._heard
         while len(self._subjects) > in_flight:
             if self._error is not None:
                 raise self._error
@@ -1342,8 +1349,8 @@ class Publisher:
             try:  # in slices, so that a reconnect is noticed at once
                 await asyncio.wait_for(self._wake.wait(), _WAIT_SLICE)
             except TimeoutError:
-                if self.acked != acked:
-                    acked, idle = self.acked, 0.0
+                if self._heard != heard:
+                    heard, idle = self._heard, 0.0
                     continue
                 idle += _WAIT_SLICE
                 if idle % _RESEND_EVERY == 0:  # silence: a stream leader may have died
@@ -1381,6 +1388,7 @@ class Publisher:
         sent = self._subjects.get(number)
         if sent is None:
             return  # not ours, or a duplicate
+        self._heard += 1  # an answer, even a 503: the server is there
         subject = sent[0]
         data = msg.data
         status = _status(msg)
