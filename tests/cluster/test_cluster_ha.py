@@ -128,7 +128,7 @@ def test_r3_read_after_write_and_losing_a_node_keeps_verify_and_export_working(
     assert asyncio.run(rekey_across_nodes(cluster, prefix, db, rounds=6)) == list(range(3, 9))
 
     # Crash the node that leads the users bucket (the allowlist): quorum carries on.
-    leader = streams[f"KV_{prefix}_users"]["leader"]
+    leader = cluster.leader_of(f"KV_{prefix}_users", prefix)
     with node_stopped(cluster, leader, signal.SIGKILL) as lost:
         cluster.wait_ready()
         cluster.wait_streams_led(prefix, BUCKETS)
@@ -201,7 +201,7 @@ def test_a_node_killed_mid_migration_into_r3_loses_nothing(
         poll_until(lambda: _keys_written(cluster, prefix) > 0 or proc.poll() is not None,
                    60, "the first sealed keys in the R3 bucket")  # fmt: skip
         assert proc.poll() is None, "the migration ended before a node could be killed"
-        leader = cluster.streams(prefix)[f"KV_{prefix}_keys"]["leader"]
+        leader = cluster.leader_of(f"KV_{prefix}_keys", prefix)
         with node_stopped(cluster, leader, signal.SIGKILL):
             out, err = proc.communicate(timeout=120)  # bounded: it ends on its own
             if proc.returncode != 0:  # failed cleanly: one line, exit 1
