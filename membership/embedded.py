@@ -12,6 +12,7 @@ running interpreter's scripts directory; ``PATH``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 READY_TIMEOUT: Final = 20.0
+_PORT_ATTEMPTS: Final = 3
+"""Starts with freshly picked ports, when another process took a picked one first."""
 
 
 class NatsServerNotFoundError(FailedError, FileNotFoundError):
@@ -178,9 +181,35 @@ class EmbeddedServer:
             self._tmp = tempfile.TemporaryDirectory(prefix="membershipd-nats-")
             self.store_dir = Path(self._tmp.name)
         self.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.port:
-            self.port = free_port(self.host)
         self.log_path = self.store_dir / "nats-server.log"
+        pick_port, pick_monitor = not self.port, self.monitor_port == 0
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            if pick_port:
+                self.port = free_port(self.host)
+            if pick_monitor:
+                self.monitor_port = free_port(self.host)
+            before = self.log_path.stat().st_size if self.log_path.exists() else 0
+            if self._launch(binary, before):
+                return self
+            log = self.log_tail()
+            # A port picked free was taken by another process before the server bound
+            # it: pick again. Anything else, or a port the caller chose, is an error.
+            raced = (pick_port or pick_monitor) and "address already in use" in self._log_since(
+                before
+            )
+            self._kill()
+            if not raced or attempt == _PORT_ATTEMPTS:
+                self.stop()
+                raise ServerStartError(
+                    f"nats-server ({binary}) did not accept connections on "
+                    f"{self.host}:{self.port} within {READY_TIMEOUT:g} s; its log ends: {log!r}"
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _launch(self, binary: Path, offset: int) -> bool:
+        """Start nats-server; True once it accepts connections on its port (its log
+        from ``offset`` on is this start's)."""
+        assert self.store_dir is not None and self.log_path is not None
         args = [
             str(binary),
             "-js",
@@ -194,8 +223,6 @@ class EmbeddedServer:
             str(self.log_path),
         ]
         if self.monitor_port is not None:
-            if self.monitor_port == 0:
-                self.monitor_port = free_port(self.host)
             args += ["-m", str(self.monitor_port)]
         args += self.extra_args
         self.proc = subprocess.Popen(
@@ -205,14 +232,34 @@ class EmbeddedServer:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
+        deadline = time.monotonic() + READY_TIMEOUT
         if not wait_for_port(self.host, self.port, READY_TIMEOUT, self.proc):
-            log = self.log_tail()
-            self.stop()
-            raise ServerStartError(
-                f"nats-server ({binary}) did not accept connections on {self.host}:{self.port} "
-                f"within {READY_TIMEOUT:g} s; its log ends: {log!r}"
-            )
-        return self
+            return False
+        # The port answers; but is it this server? Another process may hold it (and this
+        # one be dying of "address already in use"): it is ours once its log says so.
+        listening = "Listening for client connections on "
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            for line in self._log_since(offset).splitlines():
+                if listening in line and line.rstrip().endswith(f":{self.port}"):
+                    return True
+            time.sleep(0.01)
+        return False
+
+    def _log_since(self, offset: int) -> str:
+        assert self.log_path is not None
+        text = ""
+        with contextlib.suppress(OSError), self.log_path.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+        return text
+
+    def _kill(self) -> None:
+        """Stop a server that failed to start, keeping the store directory."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            stop_process(proc)
+            if proc.stderr:
+                proc.stderr.close()
 
     def log_tail(self, lines: int = 20) -> str:
         text = ""
