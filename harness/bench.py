@@ -367,15 +367,11 @@ def run_bench(
         say(f"ceiling (js.publish_async): {ceiling['records_per_s']:,.0f} records/s")
         say(f"raw publish (Publisher): {raw['records_per_s']:,.0f} records/s")
         say(f"naive kv.put loop: {naive['records_per_s']:,.0f} records/s")
+        stores = ["--db", str(db), "--nats-url", url, "--bucket-prefix", prefix]
         migrate = [
             *membershipd(),
             "migrate-to-kv",
-            "--db",
-            str(db),
-            "--nats-url",
-            url,
-            "--bucket-prefix",
-            prefix,
+            *stores,
             "--replicas",
             str(replicas),
             "--json",
@@ -413,26 +409,11 @@ def run_bench(
         # each says more about the neighbours than about verify; the medians are reported
         bulks: list[dict[str, Any]] = []
         verify_runs: list[dict[str, Any]] = []
+        verify_cmd = [*membershipd(), "verify", *stores, "--json"]
         for round_ in range(1, rounds + 1):
             bulks.append(asyncio.run(measure_bulk_read(target, prefix)))
             say(f"bulk read: {bulks[-1]['records_per_s']:,.0f} records/s")
-            verify_runs.append(
-                timed_subprocess(
-                    [
-                        *membershipd(),
-                        "verify",
-                        "--db",
-                        str(db),
-                        "--nats-url",
-                        url,
-                        "--bucket-prefix",
-                        prefix,
-                        "--json",
-                    ],
-                    workdir,
-                    f"verify-{round_}",
-                )
-            )
+            verify_runs.append(timed_subprocess(verify_cmd, workdir, f"verify-{round_}"))
             say(f"verify: {verify_runs[-1]['seconds']:.1f} s, exit {verify_runs[-1]['exit']}")
     bulk = {
         **bulks[0],

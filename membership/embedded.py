@@ -183,7 +183,9 @@ class EmbeddedServer:
         self.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log_path = self.store_dir / "nats-server.log"
         pick_port, pick_monitor = not self.port, self.monitor_port == 0
-        for attempt in range(1, _PORT_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             if pick_port:
                 self.port = free_port(self.host)
             if pick_monitor:
@@ -204,11 +206,10 @@ class EmbeddedServer:
                     f"nats-server ({binary}) did not accept connections on "
                     f"{self.host}:{self.port} within {READY_TIMEOUT:g} s; its log ends: {log!r}"
                 )
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _launch(self, binary: Path, offset: int) -> bool:
-        """Start nats-server; True once it accepts connections on its port (its log
-        from ``offset`` on is this start's)."""
+        """Start nats-server; True once it listens on its port (its log from ``offset``
+        on is this start's)."""
         assert self.store_dir is not None and self.log_path is not None
         args = [
             str(binary),
@@ -232,11 +233,9 @@ class EmbeddedServer:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
+        # Ready once its log says it listens on the port: an open port alone may be another
+        # process's (while this one dies of "address already in use").
         deadline = time.monotonic() + READY_TIMEOUT
-        if not wait_for_port(self.host, self.port, READY_TIMEOUT, self.proc):
-            return False
-        # The port answers; but is it this server? Another process may hold it (and this
-        # one be dying of "address already in use"): it is ours once its log says so.
         listening = "Listening for client connections on "
         while time.monotonic() < deadline and self.proc.poll() is None:
             for line in self._log_since(offset).splitlines():

@@ -820,6 +820,9 @@ async def _read_beside(
     differs; the first error of either side is raised (the other side is stopped).
     """
 
+    if kv.schema_version != SCHEMA_VERSION:  # an older namespace: named by the exact path
+        return None
+
     async def read() -> dict[str, _SetHash]:
         hashes: dict[str, _SetHash] = {}
         for kind in KINDS:
@@ -844,8 +847,6 @@ async def _read_beside(
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-    if kv.schema_version != SCHEMA_VERSION:  # an older namespace: named by the exact path
-        return None
     if all(summary.matches(kind, hashes[kind]) for kind in KINDS):
         return summary
     return None

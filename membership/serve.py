@@ -415,9 +415,7 @@ async def serve(
             _server_died(server) if server is not None else _connection_lost(nc)
         )
         waiting = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait(
-            [f for f in (waiting, died) if f is not None], return_when=asyncio.FIRST_COMPLETED
-        )
+        done, _ = await asyncio.wait([waiting, died], return_when=asyncio.FIRST_COMPLETED)
         for future in (waiting, died, watcher):
             if future is not None and not future.done():
                 future.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +15,26 @@ from membership.sqlite import SQLiteStore
 from membership.store import Store
 
 STORE_KINDS = ("memory", "sqlite", "kv")
+
+
+def ok(p: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """``p`` (a CLI run) after asserting it succeeded."""
+    assert p.returncode == 0, f"exit {p.returncode}: {p.stderr}"
+    return p
+
+
+def one_line_error(
+    p: subprocess.CompletedProcess[str], code: int, *, stdout_empty: bool = False
+) -> str:
+    """The one stderr line of a CLI run that failed with ``code``, without a traceback
+    (and, with ``stdout_empty``, with nothing on stdout)."""
+    assert p.returncode == code, f"exit {p.returncode} (want {code}): {p.stderr!r}"
+    assert "Traceback" not in p.stderr
+    if stdout_empty:
+        assert p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    return lines[0]
 
 
 def counting_clock(start: int = 1_700_000_000_000) -> Callable[[], int]:

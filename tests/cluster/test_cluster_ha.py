@@ -20,6 +20,7 @@ from fixtures.plugin import unique_prefix
 from membership.connect import NatsTarget, connect_nats
 from membership.kv import KVStore
 from membership.sqlite import SQLiteStore
+from tests.helpers import ok, one_line_error
 
 pytestmark = pytest.mark.cluster
 
@@ -50,18 +51,6 @@ def db(tmp_path: Path) -> Path:
     path = tmp_path / "control.db"
     asyncio.run(_build(path))
     return path
-
-
-def ok(p: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert p.returncode == 0, f"exit {p.returncode}: {p.stderr}"
-    return p
-
-
-def one_line_error(p: subprocess.CompletedProcess[str], code: int) -> str:
-    assert p.returncode == code, f"exit {p.returncode} (want {code}): {p.stderr!r}"
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    return lines[0]
 
 
 def migrate(cli, db: Path, url: str, prefix: str, replicas: int) -> dict:

@@ -28,6 +28,7 @@ from membership.connect import NatsTarget, connect_nats
 from membership.embedded import EmbeddedServer, free_port
 from membership.kv import KVStore
 from membership.sqlite import SQLiteStore
+from tests.helpers import one_line_error
 
 A, B = "aa" * 32, "bb" * 32
 
@@ -102,14 +103,6 @@ def db(tmp_path: Path) -> Path:
     path = tmp_path / "control.db"
     asyncio.run(_build(path))
     return path
-
-
-def one_line_error(p, code: int) -> str:
-    assert p.returncode == code, f"exit {p.returncode} (want {code}): {p.stderr!r}"
-    assert "Traceback" not in p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
-    return lines[0]
 
 
 def quiet_success(p: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

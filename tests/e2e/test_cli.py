@@ -12,21 +12,9 @@ from pathlib import Path
 import pytest
 
 from membership.embedded import free_port
+from tests.helpers import ok, one_line_error
 
 A, B, C = "aa" * 32, "bb" * 32, "cc" * 32
-
-
-def ok(p: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert p.returncode == 0, f"exit {p.returncode}: {p.stderr}"
-    return p
-
-
-def one_line_error(p: subprocess.CompletedProcess[str], code: int) -> str:
-    assert p.returncode == code, f"exit {p.returncode} (want {code}): {p.stderr!r}"
-    assert "Traceback" not in p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
-    return lines[0]
 
 
 def file_digest(path: Path) -> str:

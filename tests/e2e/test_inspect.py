@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import sqlite3
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -16,21 +15,9 @@ from membership.canonical import dumps
 from membership.demo import build_representative_state
 from membership.embedded import free_port
 from membership.sqlite import SQLiteStore
+from tests.helpers import ok, one_line_error
 
 KINDS = ("users", "rooms", "members", "sealed_keys")
-
-
-def ok(p: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert p.returncode == 0, f"exit {p.returncode}: {p.stderr}"
-    return p
-
-
-def one_line_error(p: subprocess.CompletedProcess[str], code: int) -> str:
-    assert p.returncode == code, f"exit {p.returncode} (want {code}): {p.stderr!r}"
-    assert "Traceback" not in p.stderr and p.stdout == ""
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
-    return lines[0]
 
 
 def file_digest(path: Path) -> str:
@@ -227,7 +214,7 @@ def test_password_in_the_url_never_appears(cli, tmp_path: Path, namespace) -> No
 
 def test_missing_database_is_named_and_not_created(cli, tmp_path: Path) -> None:
     missing = tmp_path / "nope.db"
-    assert "nope.db" in one_line_error(cli("inspect", "--db", str(missing)), 2)
+    assert "nope.db" in one_line_error(cli("inspect", "--db", str(missing)), 2, stdout_empty=True)
     assert not missing.exists()
 
 
@@ -235,7 +222,9 @@ def test_not_a_database_is_refused_untouched(cli, tmp_path: Path) -> None:
     junk = tmp_path / "junk.db"
     junk.write_bytes(bytes(range(256)) * 40)
     before = file_digest(junk)
-    assert "not a membership database" in one_line_error(cli("inspect", "--db", str(junk)), 2)
+    assert "not a membership database" in one_line_error(
+        cli("inspect", "--db", str(junk)), 2, stdout_empty=True
+    )
     assert file_digest(junk) == before
 
 
@@ -249,15 +238,17 @@ def test_exactly_one_store_is_required(cli, args: list[str]) -> None:
 
 def test_remote_url_without_ca_is_refused_before_connecting(cli) -> None:
     p = cli("inspect", "--nats-url", "nats://nats.example.invalid:4222", timeout=30)
-    assert "--ca" in one_line_error(p, 2)
+    assert "--ca" in one_line_error(p, 2, stdout_empty=True)
 
 
 def test_unreachable_server_is_exit_1_in_seconds(cli) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
-    assert url in one_line_error(cli("inspect", "--nats-url", url, timeout=30), 1)
+    assert url in one_line_error(
+        cli("inspect", "--nats-url", url, timeout=30), 1, stdout_empty=True
+    )
 
 
 def test_namespace_without_data_is_exit_1_and_stays_empty(cli, namespace) -> None:
-    line = one_line_error(cli("inspect", *kv_args(namespace)), 1)
+    line = one_line_error(cli("inspect", *kv_args(namespace)), 1, stdout_empty=True)
     assert f"no membership data under bucket prefix {namespace.prefix!r}" in line
     assert namespace.stream_seqs() == {}  # inspect created no bucket

@@ -35,16 +35,12 @@ from membership.demo import build_representative_state, demo_key
 from membership.keycodec import sealed_key_key
 from membership.model import SealedKeyRecord
 from membership.sqlite import SQLiteStore
+from tests.helpers import ok
 
 KINDS = ("users", "rooms", "members", "sealed_keys")
 BUCKET_OF = {"users": "users", "rooms": "rooms", "members": "members", "sealed_keys": "keys"}
 UTC_STAMP = r"\d{8}T\d{6}\.\d{6}Z"
 HELP_ENV = {"COLUMNS": "80"}  # help wraps at the terminal width: fix it
-
-
-def ok(p: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert p.returncode == 0, f"exit {p.returncode}: {p.stderr}"
-    return p
 
 
 def sha256(text: str) -> str:

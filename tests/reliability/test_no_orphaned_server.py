@@ -23,6 +23,9 @@ from membership.embedded import find_nats_server, free_port
 from membership.nkey import generate_user_keypair
 from tests.serve.conftest import spawn_serve, wait_ready
 
+# Linux only, by design: the parent-death signal (prctl PR_SET_PDEATHSIG) exists nowhere
+# else, and elsewhere `dying_with_this_process` leaves the command as it is. CI and the
+# machines this project runs on are Linux, where these tests always run.
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's"
 )
