@@ -132,13 +132,16 @@ async def read_raw_kv(target: NatsTarget, prefix: str) -> dict[str, dict[str, by
         layout: dict[str, dict[str, bytes]] = {}
         for bucket in buckets:
             kv = await js.key_value(bucket)
-            keys: list[str] = []
-            with contextlib.suppress(nats.js.errors.NoKeysError):
-                keys = await kv.keys()
+            # Every key the stream holds, as the server lists its subjects; not nats-py's
+            # kv.keys(), whose watcher can signal "no more keys" before handing over the
+            # first one (NoKeysError for a full bucket). Deleted keys are skipped below.
+            info = await js.stream_info(f"KV_{bucket}", subjects_filter=">")
+            keys = [s.removeprefix(f"$KV.{bucket}.") for s in info.state.subjects or {}]
             values: dict[str, bytes] = {}
             for key in sorted(keys):
-                entry = await kv.get(key)
-                values[key] = entry.value or b""
+                with contextlib.suppress(nats.js.errors.KeyDeletedError):
+                    entry = await kv.get(key)
+                    values[key] = entry.value or b""
             layout[bucket] = values
         return layout
     finally:

@@ -225,7 +225,11 @@ def test_membershipd_help(golden) -> None:
 
 
 def leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    for name, command in sorted(group.commands.items()):
+    """Every command, as --help lists them: the lazily imported ones (cluster, serve) too,
+    whatever another test happened to import first."""
+    ctx = click.Context(group, info_name="membershipd")
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         if isinstance(command, click.Group):
             yield from leaf_commands(command, (*path, name))
         else:

@@ -77,10 +77,16 @@ def test_a_real_server_accepts_every_key_and_lists_it_back(
         async with fresh_namespace(nats_server) as ns:
             nc = await connect_nats(ns.target)
             try:
-                kv = await nc.jetstream().create_key_value(bucket=f"{ns.prefix}_users")
+                bucket = f"{ns.prefix}_users"
+                js = nc.jetstream()
+                kv = await js.create_key_value(bucket=bucket)
                 for value in values:
                     await kv.put(encode_id(value), value.encode())
-                listed = await kv.keys()
+                # The server's own listing of the bucket's subjects. Not nats-py's
+                # kv.keys(): its watcher can signal "no more keys" before the first one is
+                # handed over (consumer info already counts it delivered), NoKeysError.
+                info = await js.stream_info(f"KV_{bucket}", subjects_filter=">")
+                listed = [s.removeprefix(f"$KV.{bucket}.") for s in info.state.subjects or {}]
                 assert sorted(listed) == sorted(encode_id(v) for v in values)
                 for key in listed:
                     assert (await kv.get(key)).value == decode_id(key).encode()
