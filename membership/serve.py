@@ -39,7 +39,7 @@ from nats.aio.client import Client
 
 from .authz import DEFAULT_SUBJECT_PREFIX, allowlist, render_authorization
 from .cluster import NodeConfig, conf_string, render_node_config, write_private_file
-from .connect import NatsTarget, connect_nats
+from .connect import NatsTarget, close_nats, connect_nats
 from .embedded import (
     dying_with_this_process,
     find_nats_server,
@@ -433,10 +433,7 @@ async def serve(
         if service is not None:
             await service.stop()
         if nc is not None:
-            with contextlib.suppress(Exception):
-                await nc.drain()
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await close_nats(nc, drain=True)
         if sqlite is not None:
             await sqlite.close()
         if server is not None:
