@@ -8,6 +8,7 @@ touch ``tests/golden/__snapshots__``.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+import fixtures.cluster
+from fixtures.cluster import start_cluster
 from fixtures.plugin import NamespaceCleanupWarning, NatsServer, delete_namespace, unique_prefix
 from membership.connect import NatsTarget, connect_nats
 from membership.embedded import free_port
@@ -58,6 +61,32 @@ async def test_a_bucket_that_cannot_be_deleted_is_a_warning_with_the_reason(
     message = str(record[0].message)
     assert "not.a.prefix_users (nats: JetStream.InvalidBucketNameError)" in message, message
     assert message.count("InvalidBucketNameError") == 5, message
+
+
+# -- the cluster fixture -----------------------------------------------------------------------
+
+
+def test_a_cluster_port_another_process_holds_is_picked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that dies of "address already in use" restarts the cluster on fresh ports."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        picks = [port]  # n1's client port loses the race
+        monkeypatch.setattr(
+            fixtures.cluster, "free_port", lambda: picks.pop(0) if picks else free_port()
+        )
+        cluster = start_cluster(tmp_path / "c", route_tls=False)
+        try:
+            assert port not in {n.client_port for n in cluster.nodes}
+            assert cluster.running() == cluster.nodes
+            assert all(
+                n.get_json("/jsz")["meta_cluster"]["cluster_size"] == 3 for n in cluster.nodes
+            )
+        finally:
+            cluster.close()
 
 
 # -- --snapshot-update runs serially -----------------------------------------------------------
