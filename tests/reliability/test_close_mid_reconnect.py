@@ -41,6 +41,7 @@ class Hop:
         self.reading = asyncio.Event()
         self.reading.set()
         self.clients: list[asyncio.StreamWriter] = []
+        self._upstreams: list[asyncio.StreamWriter] = []
         self.port = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -60,6 +61,7 @@ class Hop:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.clients.append(writer)
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._upstreams.append(up_writer)
         for pump in (
             self._pump(reader, up_writer, self.reading),
             self._pump(up_reader, writer, None),
@@ -77,7 +79,7 @@ class Hop:
             server.close()
             for task in self._tasks:
                 task.cancel()
-            for writer in self.clients:
+            for writer in (*self.clients, *self._upstreams):
                 writer.transport.abort()
 
 
