@@ -6,11 +6,20 @@ import asyncio
 import json
 import re
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from membership.errors import AlreadyExistsError, InvalidInputError, NotFoundError, RevokedUserError
+from harness.generate import Shape, generate
+from membership.errors import (
+    AlreadyExistsError,
+    FailedError,
+    InvalidInputError,
+    NotFoundError,
+    RevokedUserError,
+)
 from membership.protocol import ADMIN_OPERATIONS, USER_OPERATIONS
 from tests.property.support import run
 from tests.serve.support import as_admin
@@ -105,6 +114,62 @@ def _param_names(method: str) -> tuple[str, ...]:
         "create_room": ("id", "owner"),
         "rekey": ("id",),
     }[method]
+
+
+def endpoint_stats(stats: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(e for e in stats["endpoints"] if e["name"] == name)
+
+
+def test_stats_count_each_endpoint_s_errors_and_time_its_requests(
+    serve, tmp_path: Path, admin, listen
+) -> None:
+    """``$SRV.STATS`` tells what the service did, although each request runs as a task."""
+    db = tmp_path / "big.db"
+    generate(db, Shape(users=200, rooms=50, members_per_room=2, epochs=20))  # 2,000 sealed keys
+    served = serve("--db", str(db), "--client-listen", listen, "--admin-nkey", admin.public)
+
+    async def go() -> None:
+        async with as_admin(served.url, admin) as store:
+            with pytest.raises(NotFoundError) as caught:
+                await store.add_member("nowhere", "u0")
+            started = time.perf_counter_ns()  # a raw request: no decoding in the wait
+            raw = await store._nc.request("unibus.membership.admin.export", b"{}", timeout=10)
+            latency = time.perf_counter_ns() - started
+            assert len(json.loads(raw.data)["result"]["sealed_keys"]) == 2000
+            reply = await store._nc.request("$SRV.STATS.membershipd", b"", timeout=5)
+            stats = json.loads(reply.data)
+        failed = endpoint_stats(stats, "admin-room-add-member")
+        assert (failed["num_requests"], failed["num_errors"]) == (1, 1)
+        assert failed["last_error"] == f"404:{caught.value}"
+        exported = endpoint_stats(stats, "admin-export")
+        assert (exported["num_requests"], exported["num_errors"]) == (1, 0)
+        # The time the service spent on it lies within the requester's wait, and is a
+        # good part of it: reading and encoding 2,000 keys takes tens of milliseconds,
+        # a loopback round trip a fraction of one (micro alone counted microseconds).
+        assert latency / 10 < exported["processing_time"] <= latency
+        assert exported["average_processing_time"] == exported["processing_time"]
+
+    run(go())
+
+
+def test_a_reply_larger_than_the_server_takes_is_an_error_not_a_silence(
+    serve, tmp_path: Path, admin, listen
+) -> None:
+    """An export of 20,000 sealed keys (3.8 MB) over a server's 1 MB max_payload."""
+    db = tmp_path / "big.db"
+    generate(db, Shape(users=400, rooms=200, members_per_room=2, epochs=50))
+    served = serve("--db", str(db), "--client-listen", listen, "--admin-nkey", admin.public)
+
+    async def go() -> None:
+        async with as_admin(served.url, admin, wait=30) as store:
+            with pytest.raises(FailedError) as caught:  # not "no reply within 30 s"
+                await store.export_snapshot()
+            message = str(caught.value)
+            assert "larger than the server's max_payload (1,048,576 bytes)" in message
+            assert "`membershipd export` on the store itself" in message
+            assert len(await store.list_users()) == 400  # the service still answers
+
+    run(go())
 
 
 def test_malformed_requests_are_refused_input(serve, cli, tmp_path: Path, admin, listen) -> None:
