@@ -119,14 +119,21 @@ def connect_urls(node: ClusterNode) -> list[str]:
 
 def test_a_node_with_the_right_route_secret_joins_every_node(newcomers: Newcomers) -> None:
     cluster, good = newcomers.cluster, newcomers.good
-    poll_until(
-        lambda: all("good" in route_names(n) for n in cluster.nodes),
+    poll_until(  # each side registers a route when it has the other's INFO: both polled
+        lambda: (
+            all("good" in route_names(n) for n in cluster.nodes)
+            and {n.name for n in cluster.nodes} <= route_names(good)
+        ),
         DEADLINE,
-        "a route from every node to good",
+        "a route between every node and good, seen from both ends",
     )
-    assert {n.name for n in cluster.nodes} <= route_names(good)
     # Gossip: the cluster now offers good's client URL to clients, and good knows the leader.
-    assert f"127.0.0.1:{good.client_port}" in connect_urls(cluster.nodes[0])
+    # (The route is up a moment before the nodes update the URLs they offer: polled.)
+    poll_until(
+        lambda: f"127.0.0.1:{good.client_port}" in connect_urls(cluster.nodes[0]),
+        DEADLINE,
+        "n1 offers good's client URL to its clients",
+    )
     leader = poll_until(
         lambda: (good.get_json("/jsz").get("meta_cluster") or {}).get("leader"),
         DEADLINE,
