@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.cluster import Cluster
+from fixtures.cluster import Cluster, poll_until
 from fixtures.plugin import Cli, unique_prefix
 from tests.cluster.test_cluster_ha import BUCKETS, _build, migrate, one_line_error
 from tests.reliability.test_hostile_input import digests
@@ -54,12 +54,15 @@ def test_a_bucket_with_other_replicas_is_refused_naming_both(
     first = migrate(cli, db, cluster.url, prefix, have)
     assert first["verified"] is True and first["replicas"] == have
     cluster.wait_streams_led(prefix, BUCKETS)
-    files, seqs, replicas = (
-        digests(work),
-        leader_seqs(cluster, prefix),
-        replicas_of(cluster, prefix),
-    )
-    assert len(seqs) == BUCKETS and set(replicas.values()) == {have}
+
+    # a follower reports its replica a moment late: polled, then taken as the reference
+    def on_have_nodes() -> dict[str, int] | None:
+        replicas = replicas_of(cluster, prefix)
+        return replicas if set(replicas.values()) == {have} else None
+
+    replicas = poll_until(on_have_nodes, 30, f"every bucket on {have} node(s)")
+    files, seqs = digests(work), leader_seqs(cluster, prefix)
+    assert len(seqs) == BUCKETS and len(replicas) == BUCKETS
 
     refused = cli(
         "migrate-to-kv",
