@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import nats.js.errors
+from nats.js import JetStreamContext
 from syrupy.extensions.json import JSONSnapshotExtension
 
 from membership.connect import NatsTarget, connect_nats
@@ -40,6 +41,7 @@ __all__ = [
     "normalise",
     "read_kv_layout",
     "read_raw_kv",
+    "stream_keys",
     "text_lines",
 ]
 
@@ -118,6 +120,18 @@ def normalise(data: Any, replacements: Mapping[str, str]) -> Any:
     return out
 
 
+async def stream_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """Every key whose latest message the bucket's stream holds (deleted ones too), as
+    the server lists the stream's subjects.
+
+    Not nats-py's ``kv.keys()``: its watcher can signal "no more keys" before handing
+    over the first one (consumer info already counts it delivered), a ``NoKeysError``
+    for a bucket that has keys.
+    """
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=">")
+    return [s.removeprefix(f"$KV.{bucket}.") for s in info.state.subjects or {}]
+
+
 async def read_raw_kv(target: NatsTarget, prefix: str) -> dict[str, dict[str, bytes]]:
     """Every bucket ``<prefix>_*`` on the server: bucket -> key -> the value's bytes.
 
@@ -132,13 +146,8 @@ async def read_raw_kv(target: NatsTarget, prefix: str) -> dict[str, dict[str, by
         layout: dict[str, dict[str, bytes]] = {}
         for bucket in buckets:
             kv = await js.key_value(bucket)
-            # Every key the stream holds, as the server lists its subjects; not nats-py's
-            # kv.keys(), whose watcher can signal "no more keys" before handing over the
-            # first one (NoKeysError for a full bucket). Deleted keys are skipped below.
-            info = await js.stream_info(f"KV_{bucket}", subjects_filter=">")
-            keys = [s.removeprefix(f"$KV.{bucket}.") for s in info.state.subjects or {}]
             values: dict[str, bytes] = {}
-            for key in sorted(keys):
+            for key in sorted(await stream_keys(js, bucket)):  # deleted keys skipped below
                 with contextlib.suppress(nats.js.errors.KeyDeletedError):
                     entry = await kv.get(key)
                     values[key] = entry.value or b""

@@ -43,6 +43,8 @@ __all__ = [
 READY_TIMEOUT: Final = 20.0
 _PORT_ATTEMPTS: Final = 3
 """Starts with freshly picked ports, when another process took a picked one first."""
+PORT_TAKEN: Final = "address already in use"
+"""What nats-server logs when another process holds a port it was told to listen on."""
 
 
 class NatsServerNotFoundError(FailedError, FileNotFoundError):
@@ -196,9 +198,7 @@ class EmbeddedServer:
             log = self.log_tail()
             # A port picked free was taken by another process before the server bound
             # it: pick again. Anything else, or a port the caller chose, is an error.
-            raced = (pick_port or pick_monitor) and "address already in use" in self._log_since(
-                before
-            )
+            raced = (pick_port or pick_monitor) and PORT_TAKEN in self._log_since(before)
             self._kill()
             if not raced or attempt == _PORT_ATTEMPTS:
                 self.stop()

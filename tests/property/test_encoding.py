@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fixtures.plugin import NatsServer, fresh_namespace
+from harness.golden import stream_keys
 from harness.parity import reference_encode, reference_key
 from harness.strategies import any_states, fit_id, ids
 from membership.canonical import decode_snapshot, encode_record, snapshot_bytes, snapshot_digest
@@ -82,11 +83,7 @@ def test_a_real_server_accepts_every_key_and_lists_it_back(
                 kv = await js.create_key_value(bucket=bucket)
                 for value in values:
                     await kv.put(encode_id(value), value.encode())
-                # The server's own listing of the bucket's subjects. Not nats-py's
-                # kv.keys(): its watcher can signal "no more keys" before the first one is
-                # handed over (consumer info already counts it delivered), NoKeysError.
-                info = await js.stream_info(f"KV_{bucket}", subjects_filter=">")
-                listed = [s.removeprefix(f"$KV.{bucket}.") for s in info.state.subjects or {}]
+                listed = await stream_keys(js, bucket)  # the server's own listing
                 assert sorted(listed) == sorted(encode_id(v) for v in values)
                 for key in listed:
                     assert (await kv.get(key)).value == decode_id(key).encode()
